@@ -1,0 +1,164 @@
+"""`attnscope` command line: the same functions the app uses, one clear line on any error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """An error already phrased for the user."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except CliError as exc:
+        print(f"attnscope: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # every known failure has its own type; see _friendly
+        msg = _friendly(exc)
+        if msg is None:
+            raise
+        print(f"attnscope: error: {msg}", file=sys.stderr)
+        return 1
+
+
+def _friendly(exc: Exception) -> str | None:
+    from kernels.variants import VariantError
+    from models.loaded import InputError, ModelError
+    from models.trace import TraceError
+
+    if isinstance(exc, (VariantError, InputError, ModelError, TraceError)):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory; use a shorter input"
+    return None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnscope", description="An attention microscope for transformers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("models", help="list the embedded presets")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("variants", help="list the attention variants")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_variants)
+
+    s = sub.add_parser("trace", help="run a model on one input and save the trace folder")
+    _model_input_args(s)
+    s.add_argument("--qk", action="store_true", help="also keep q and k (after rotary) per layer")
+    s.add_argument("--layers", help="comma-separated layers the variant applies to (default: all)")
+    s.add_argument("--dense-limit", type=int, default=1024, help="keep N×N probabilities up to this many tokens")
+    s.add_argument("--out", required=True, help="trace folder to write")
+    s.set_defaults(func=cmd_trace)
+
+    s = sub.add_parser("app", help="serve the Streamlit app (Streamlit options and env vars apply)")
+    s.add_argument("streamlit_args", nargs=argparse.REMAINDER, help="passed to `streamlit run`")
+    s.set_defaults(func=cmd_app)
+    return p
+
+
+def _model_input_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--model", required=True, help="preset, local folder, .gguf file, timm name or hub id")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--text")
+    g.add_argument("--text-file")
+    g.add_argument("--image")
+    s.add_argument("--variant", default="full", help="name or name:param=value,...")
+    s.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model (off by default)")
+
+
+def read_input(args) -> dict:
+    """--text / --text-file / --image → keyword arguments for the tracer."""
+    from models.inputs import read_image, read_text_file
+
+    if args.text is not None:
+        return {"text": args.text}
+    if args.text_file is not None:
+        return {"text": read_text_file(Path(args.text_file))}
+    image, name = read_image(Path(args.image))
+    return {"image": image, "image_name": name}
+
+
+def _load(args):
+    from models.registry import load
+
+    if args.trust_remote_code:
+        print("attnscope: warning: --trust-remote-code runs code downloaded with the model", file=sys.stderr)
+    return load(args.model, trust_remote_code=args.trust_remote_code,
+                progress=lambda m: print(f"attnscope: {m}", file=sys.stderr))
+
+
+def _parse_layers(raw: str | None) -> list[int] | None:
+    if raw is None:
+        return None
+    try:
+        return [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise CliError(f"--layers {raw!r} must be comma-separated integers, e.g. 0,1,5") from None
+
+
+def cmd_models(args) -> int:
+    from models.registry import describe_presets
+
+    presets = describe_presets()
+    if args.json:
+        print(json.dumps(presets, indent=1))
+    else:
+        for p in presets:
+            print(f"{p['name']:14} {p['kind']:14} {p['description']}")
+        print("\nAlso: any transformers model id or local folder, timm ViT names, .gguf files.")
+    return 0
+
+
+def cmd_variants(args) -> int:
+    from kernels.variants import all_variants
+
+    table = [v.describe() for v in all_variants()]
+    if args.json:
+        print(json.dumps(table, indent=1, default=str))
+    else:
+        for v in table:
+            params = ", ".join(f"{p['name']}={p['default']}" for p in v["params"]) or "-"
+            print(f"{v['name']:18} {v['family']:14} {'/'.join(v['applies_to']):28} {params}")
+    return 0
+
+
+def cmd_trace(args) -> int:
+    from models.tracer import trace
+
+    inputs = read_input(args)
+    lm = _load(args)
+    tr = trace(lm, variant=args.variant, qk=args.qk, layers=_parse_layers(args.layers),
+               dense_limit=args.dense_limit, **inputs)
+    out = tr.save(args.out)
+    for note in tr.notes:
+        print(f"attnscope: note: {note}", file=sys.stderr)
+    print(f"wrote {out}/manifest.json and {out}/trace.npz ({tr.n} tokens, {tr.n_layers} layers × {tr.n_heads} heads)")
+    return 0
+
+
+def cmd_app(args) -> int:
+    from streamlit.web import cli as stcli
+
+    main_py = Path(__file__).resolve().parent / "main.py"
+    sys.argv = ["streamlit", "run", str(main_py), *args.streamlit_args]
+    os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+    return stcli.main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Models: registry and loaders, per-call attention injection, `Trace` and its file format."""

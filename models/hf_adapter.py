@@ -1,0 +1,135 @@
+"""transformers models: text encoders, decoders and ViTs, run through AttentionInterface."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.context import TokenContext
+from models.inject import IMPL, register
+from models.loaded import Encoded, InputError, LoadedModel, ModelError, to_display
+
+VISION_TYPES = {"vit", "deit", "dinov2", "dinov2_with_registers", "vit_msn", "vit_mae", "beit", "data2vec-vision"}
+
+
+def number_attention_modules(model: torch.nn.Module) -> int:
+    """Give every self-attention module its layer index (ViT modules have no layer_idx)."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "is_causal") and hasattr(module, "scaling") and not getattr(module, "is_cross_attention", False):
+            module._attnscope_layer = count
+            count += 1
+    return count
+
+
+def kind_of(config, model=None) -> str:
+    if config.model_type in VISION_TYPES or (hasattr(config, "patch_size") and hasattr(config, "image_size")):
+        return "vit"
+    archs = list(config.architectures or []) + ([type(model).__name__] if model is not None else [])
+    if getattr(config, "is_decoder", False) or any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+        return "causal"
+    return "bidirectional"
+
+
+def model_class(config, kind: str):
+    import transformers as tf
+
+    archs = config.architectures or []
+    if kind == "causal":
+        return tf.AutoModelForCausalLM
+    if kind == "vit":
+        return tf.AutoModelForImageClassification if any("ForImageClassification" in a for a in archs) else tf.AutoModel
+    if any(a.endswith("ForMaskedLM") for a in archs):
+        return tf.AutoModelForMaskedLM
+    return tf.AutoModel
+
+
+def wrap(model, model_id: str, source: str, *, tokenizer=None, image_processor=None, revision=None) -> LoadedModel:
+    """Switch a loaded transformers model to our attention and describe it."""
+    register()
+    model.set_attn_implementation(IMPL)
+    model.eval()
+    config = model.config
+    cfg = getattr(config, "text_config", None) or config
+    kind = kind_of(config, model)
+    n_layers = number_attention_modules(model)
+    if n_layers == 0:
+        raise ModelError(f"{model_id} has no attention layers attnscope can hook; pick a transformer model")
+    labels = None
+    if kind == "vit" and getattr(config, "id2label", None) and hasattr(model, "classifier"):
+        labels = [config.id2label[i] for i in range(len(config.id2label))]
+    output_kind = {"causal": "logits", "vit": "class_scores" if labels else "hidden"}.get(kind)
+    if output_kind is None:
+        output_kind = "logits" if hasattr(model, "cls") or "MaskedLM" in type(model).__name__ else "hidden"
+    return LoadedModel(
+        model_id=model_id, source=source, backend="hf", kind=kind, module=model, n_layers=n_layers,
+        n_heads=cfg.num_attention_heads, revision=revision, labels=labels,
+        max_tokens=getattr(cfg, "max_position_embeddings", None), output_kind=output_kind,
+        adapter=HFAdapter(tokenizer, image_processor),
+    )
+
+
+class HFAdapter:
+    def __init__(self, tokenizer, image_processor):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor  # PIL image -> (pixel_values, rgb array, notes)
+
+    def encode_text(self, lm: LoadedModel, text: str) -> Encoded:
+        if not text or not text.strip():
+            raise InputError("the text is empty; type or upload some text")
+        enc = self.tokenizer(text, return_tensors="pt")
+        ids = enc["input_ids"][0]
+        if lm.max_tokens and len(ids) > lm.max_tokens:
+            raise InputError(
+                f"the text has {len(ids)} tokens but {lm.model_id} takes at most {lm.max_tokens}; shorten it"
+            )
+        special = set(self.tokenizer.all_special_ids or [])
+        ctx = TokenContext.sequence(
+            len(ids), causal=lm.kind == "causal", n_layers=lm.n_layers,
+            special=torch.tensor([int(i) in special for i in ids], dtype=torch.bool),
+        )
+        tokens = [_readable(t) for t in self.tokenizer.convert_ids_to_tokens(ids.tolist())]
+        inputs = {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return Encoded(inputs=inputs, tokens=tokens, token_ids=ids.tolist(), ctx=ctx)
+
+    def encode_image(self, lm: LoadedModel, image) -> Encoded:
+        pixel_values, rgb, notes = self.image_processor(image)
+        config = lm.module.config
+        patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
+        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        n_prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0) + int(config.model_type == "deit")
+        ctx = TokenContext.vit(grid, n_prefix=n_prefix, n_layers=lm.n_layers)
+        tokens = _vit_tokens(n_prefix, grid)
+        return Encoded(
+            inputs={"pixel_values": pixel_values.to(lm.device)}, tokens=tokens,
+            token_ids=list(range(len(tokens))), ctx=ctx, notes=notes, image=rgb,
+        )
+
+    def forward(self, lm: LoadedModel, enc: Encoded) -> torch.Tensor:
+        if lm.kind == "causal":  # only the last position: full logits at 8k tokens would be 1.6 GB
+            return lm.module(**enc.inputs, logits_to_keep=1).logits[0].float()
+        out = lm.module(**enc.inputs)
+        if lm.kind == "vit":
+            return (out.logits if lm.labels else out.last_hidden_state)[0].float()
+        if lm.output_kind == "logits":
+            return out.logits[0].float()
+        return out.last_hidden_state[0].float()
+
+
+def _vit_tokens(n_prefix: int, grid: tuple[int, int]) -> list[str]:
+    names = ["CLS", "DIST"] if n_prefix == 2 else ["CLS"] + [f"REG{i}" for i in range(n_prefix - 1)]
+    return names[:n_prefix] + [f"({r},{c})" for r in range(grid[0]) for c in range(grid[1])]
+
+
+def _readable(token: str) -> str:
+    """Byte-level BPE marks spaces and newlines with Ġ/Ċ; show them as a reader would."""
+    return token.replace("Ġ", " ").replace("Ċ", "\\n").replace("▁", " ")
+
+
+def hf_image_processor(processor):
+    """Wrap a transformers image processor as PIL -> (pixel_values, display image, notes)."""
+
+    def process(image):
+        pixel_values = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+        return pixel_values, to_display(pixel_values, processor.image_mean, processor.image_std), []
+
+    return process

@@ -1,0 +1,45 @@
+"""Reading user inputs from files: text (UTF-8 checked) and images (decoded and checked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from models.loaded import InputError
+
+MAX_TEXT_BYTES = 2_000_000
+
+
+def read_text_file(path: Path) -> str:
+    if not path.is_file():
+        raise InputError(f"text file {path} does not exist")
+    data = path.read_bytes()
+    if len(data) > MAX_TEXT_BYTES:
+        raise InputError(f"text file {path} is {len(data):,} bytes; the limit is {MAX_TEXT_BYTES:,}")
+    return decode_text(data, str(path))
+
+
+def decode_text(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name} is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8") from None
+
+
+def read_image(path: Path):
+    if not path.is_file():
+        raise InputError(f"image file {path} does not exist")
+    return open_image(path.read_bytes(), path.name), path.name
+
+
+def open_image(data: bytes, name: str):
+    """Decode image bytes fully (so truncated files fail here, not in the model)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{name} is not a readable image ({type(exc).__name__}); upload a PNG or JPEG") from None
+    return img

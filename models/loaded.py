@@ -1,0 +1,78 @@
+"""One interface over every backend: what the tracer and the views rely on.
+
+Like llm-transparency-tool's TransparentLlm, the rest of attnscope talks to a LoadedModel,
+never to a concrete transformers or timm class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from kernels.context import TokenContext
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be loaded or run; the message says what to do."""
+
+
+class InputError(ValueError):
+    """Input the model cannot take (empty text, unreadable image...); the message says what to do."""
+
+
+@dataclass
+class Encoded:
+    """A model-ready input and what the views need to label it."""
+
+    inputs: dict[str, torch.Tensor]
+    tokens: list[str]
+    token_ids: list[int]
+    ctx: TokenContext
+    notes: list[str] = field(default_factory=list)  # e.g. "resized from 4000×3000"
+    image: Any = None  # the RGB image as the model saw it (numpy HxWx3 uint8), for overlays
+
+
+@dataclass
+class LoadedModel:
+    model_id: str
+    source: str  # preset | local | hub | gguf
+    backend: str  # hf | timm
+    kind: str  # vit | causal | bidirectional
+    module: torch.nn.Module
+    n_layers: int
+    n_heads: int
+    revision: str | None = None
+    labels: list[str] | None = None
+    max_tokens: int | None = None
+    output_kind: str = "logits"  # logits | class_scores | hidden
+    adapter: Any = None  # backend object with encode_text / encode_image / forward
+
+    def encode_text(self, text: str) -> Encoded:
+        if self.kind == "vit":
+            raise InputError(f"{self.model_id} is a vision model; give it an image, not text")
+        return self.adapter.encode_text(self, text)
+
+    def encode_image(self, image) -> Encoded:
+        if self.kind != "vit":
+            raise InputError(f"{self.model_id} is a language model; give it text, not an image")
+        return self.adapter.encode_image(self, image)
+
+    @torch.no_grad()
+    def forward(self, enc: Encoded) -> torch.Tensor:
+        """The model's output for the trace: last-token logits, class scores or hidden states."""
+        return self.adapter.forward(self, enc)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+
+def to_display(pixel_values: torch.Tensor, mean, std) -> np.ndarray:
+    """Undo the normalisation: the exact pixels the model saw, as HxWx3 uint8, for overlays."""
+    x = pixel_values[0].float().cpu()
+    x = x * torch.as_tensor(std, dtype=torch.float32)[:, None, None] + torch.as_tensor(mean, dtype=torch.float32)[:, None, None]
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x
