@@ -81,7 +81,8 @@ def attention(
     Nk = k.shape[2]
     allowed = allowed_fn(variant, ctx.to(q.device), model_mask, B, H, Nk, q.device)
     if variant.attend is not None:
-        return variant.attend(q, k, v, scale=scale, ctx=ctx, allowed=allowed)
+        return variant.attend(q, k, v, scale=scale, ctx=ctx, allowed=allowed, want_probs=want_probs,
+                              sinks=sinks, chunk=chunk)
 
     score_mod = variant.score_mod(ctx.to(q.device))
     kf, vf = k.float(), v.float()

@@ -28,7 +28,8 @@ class Recorder:
         put = self.arrays.__setitem__
         if res.probs is not None:
             put(f"L{layer}_probs", _np(res.probs[0]))
-        put(f"L{layer}_lse", _np(res.lse[0]))
+        if res.lse is not None:  # approximations without a softmax have no log-sum-exp
+            put(f"L{layer}_lse", _np(res.lse[0]))
         self.empty_rows += int(res.empty[0].sum())
         if self.keep_qk:
             put(f"L{layer}_q", _np(q[0]))

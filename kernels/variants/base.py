@@ -5,7 +5,8 @@ A variant changes attention through at most these hooks (all optional):
   score_mod(ctx)  -> f(score, b, h, q_idx, kv_idx)    add a bias to a score
   row_mask(s, allowed, q_idx, ctx) -> allowed          content-dependent pruning (top-k, ...)
   row_probs(s, allowed, q_idx, ctx) -> probs           a different normaliser (entmax, relaxed, ...)
-  attend(q, k, v, scale, ctx, allowed_fn) -> AttnOut   replaces the whole computation
+  attend(q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk) -> AttnOut
+                                                       replaces the whole computation
 Index functions follow FlexAttention's convention so the same function drives the
 reference path, FlexAttention and the mask views. They must only use broadcasting torch ops.
 """
