@@ -155,8 +155,13 @@ def cmd_app(args) -> int:
     from streamlit.web import cli as stcli
 
     main_py = Path(__file__).resolve().parent / "main.py"
-    sys.argv = ["streamlit", "run", str(main_py), *args.streamlit_args]
-    os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+    # Our defaults go first so the user's own flags (later on the line) win; an env var set for one skips it.
+    defaults = []
+    for flag, env, value in (("--client.toolbarMode", "STREAMLIT_CLIENT_TOOLBAR_MODE", "viewer"),
+                             ("--browser.gatherUsageStats", "STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")):
+        if env not in os.environ:
+            defaults += [flag, value]
+    sys.argv = ["streamlit", "run", str(main_py), *defaults, *args.streamlit_args]
     return stcli.main()
 
 

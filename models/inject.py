@@ -119,7 +119,7 @@ def run_attention(module, query, key, value, model_mask, scale: float):
         query, key, value, scale=scale, ctx=ctx, variant=variant, model_mask=model_mask,
         want_probs=rec is not None and rec.wants_probs(ctx.n),
         want_lse=rec is not None,
-        sinks=rec.sinks(layer, ctx) if rec is not None else (),
+        sinks=rec.sinks(layer, ctx, query, key) if rec is not None else (),
     )
     if rec is not None:
         rec.record(layer, res, query, key)

@@ -5,23 +5,32 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kernels.maps import STATS, MapsSink
 from kernels.reference import AttnOut
 
 DENSE_LIMIT = 1024  # above this many tokens a trace keeps no N×N probabilities
+POOLED = 256  # side of the pooled maps kept for long inputs
 
 
 class Recorder:
-    def __init__(self, dense_limit: int = DENSE_LIMIT, keep_qk: bool = False):
+    """Per layer: probs (dense inputs) or pooled maps (long inputs), LSE, row statistics, q and k when asked."""
+
+    def __init__(self, dense_limit: int = DENSE_LIMIT, keep_qk: bool = False, pooled: int = POOLED):
         self.dense_limit = dense_limit
         self.keep_qk = keep_qk
+        self.pooled = pooled
         self.arrays: dict[str, np.ndarray] = {}
         self.empty_rows = 0
+        self._maps: dict[int, MapsSink] = {}
 
     def wants_probs(self, n: int) -> bool:
         return n <= self.dense_limit
 
-    def sinks(self, layer: int, ctx) -> tuple:
-        return ()
+    def sinks(self, layer: int, ctx, q: torch.Tensor, k: torch.Tensor) -> tuple:
+        B, H, N, _ = q.shape
+        pooled = None if self.wants_probs(N) else self.pooled
+        self._maps[layer] = MapsSink(B, H, N, k.shape[2], ctx, pooled=pooled, device=q.device)
+        return (self._maps[layer],)
 
     def record(self, layer: int, res: AttnOut, q: torch.Tensor, k: torch.Tensor) -> None:
         """Keep batch item 0 of one layer; q and k are after rotary embedding, heads expanded."""
@@ -30,6 +39,12 @@ class Recorder:
             put(f"L{layer}_probs", _np(res.probs[0]))
         if res.lse is not None:  # approximations without a softmax have no log-sum-exp
             put(f"L{layer}_lse", _np(res.lse[0]))
+        maps = self._maps.pop(layer, None)
+        if maps is not None:
+            for name in STATS:
+                put(f"L{layer}_{name}", _np(maps.stats[name][0]))
+            if maps.rows is not None:
+                put(f"L{layer}_pooled", _np(maps.pooled()[0]))
         self.empty_rows += int(res.empty[0].sum())
         if self.keep_qk:
             put(f"L{layer}_q", _np(q[0]))

@@ -127,8 +127,8 @@ def _not_found(model_id: str, exc: Exception) -> str:
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE or "offline" in str(exc).lower() or "connect" in str(exc).lower():
-        return (f"model {model_id!r} is not a preset, a local folder or in the local Hugging Face cache, and the hub "
-                f"cannot be reached; download it once with network (`hf download {model_id}`) or pass a local folder")
+        return (f"model {model_id!r} is not in the local Hugging Face cache and the hub cannot be reached (nor is it a "
+                f"preset or local folder); download it once with network (`hf download {model_id}`) or pass a folder")
     return f"model {model_id!r} was not found as a preset, local folder or hub id ({str(exc).splitlines()[0]})"
 
 

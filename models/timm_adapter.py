@@ -55,7 +55,9 @@ class TimmAdapter:
     def __init__(self, model):
         import timm.data
 
-        cfg = timm.data.resolve_data_config({}, model=model)
+        cfg = timm.data.resolve_model_data_config(model)
+        if not getattr(model, "dynamic_img_size", False):  # the model's own size wins over its pretrained_cfg
+            cfg["input_size"] = (cfg["input_size"][0], *model.patch_embed.img_size)
         self.transform = timm.data.create_transform(**cfg)
         self.mean, self.std = cfg["mean"], cfg["std"]
 
