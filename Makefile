@@ -21,6 +21,7 @@ run: install
 	$(VENV)/bin/attnscope app
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 lint: install

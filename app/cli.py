@@ -78,7 +78,9 @@ def _model_input_args(s: argparse.ArgumentParser) -> None:
     g.add_argument("--text-file")
     g.add_argument("--image")
     s.add_argument("--variant", default="full", help="name or name:param=value,...")
-    s.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model (off by default)")
+    s.add_argument(
+        "--trust-remote-code", action="store_true", help="run code shipped with a hub model (off by default)"
+    )
 
 
 def read_input(args) -> dict:
@@ -98,8 +100,11 @@ def _load(args):
 
     if args.trust_remote_code:
         print("attnscope: warning: --trust-remote-code runs code downloaded with the model", file=sys.stderr)
-    return load(args.model, trust_remote_code=args.trust_remote_code,
-                progress=lambda m: print(f"attnscope: {m}", file=sys.stderr))
+    return load(
+        args.model,
+        trust_remote_code=args.trust_remote_code,
+        progress=lambda m: print(f"attnscope: {m}", file=sys.stderr),
+    )
 
 
 def _parse_layers(raw: str | None) -> list[int] | None:
@@ -142,8 +147,9 @@ def cmd_trace(args) -> int:
 
     inputs = read_input(args)
     lm = _load(args)
-    tr = trace(lm, variant=args.variant, qk=args.qk, layers=_parse_layers(args.layers),
-               dense_limit=args.dense_limit, **inputs)
+    tr = trace(
+        lm, variant=args.variant, qk=args.qk, layers=_parse_layers(args.layers), dense_limit=args.dense_limit, **inputs
+    )
     out = tr.save(args.out)
     for note in tr.notes:
         print(f"attnscope: note: {note}", file=sys.stderr)
@@ -157,8 +163,10 @@ def cmd_app(args) -> int:
     main_py = Path(__file__).resolve().parent / "main.py"
     # Our defaults go first so the user's own flags (later on the line) win; an env var set for one skips it.
     defaults = []
-    for flag, env, value in (("--client.toolbarMode", "STREAMLIT_CLIENT_TOOLBAR_MODE", "viewer"),
-                             ("--browser.gatherUsageStats", "STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")):
+    for flag, env, value in (
+        ("--client.toolbarMode", "STREAMLIT_CLIENT_TOOLBAR_MODE", "viewer"),
+        ("--browser.gatherUsageStats", "STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false"),
+    ):
         if env not in os.environ:
             defaults += [flag, value]
     sys.argv = ["streamlit", "run", str(main_py), *defaults, *args.streamlit_args]

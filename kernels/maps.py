@@ -63,8 +63,16 @@ class MapsSink:
 
 
 def exact_tile(
-    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], *,
-    scale: float, ctx: TokenContext, variant: Variant, model_mask=None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    *,
+    scale: float,
+    ctx: TokenContext,
+    variant: Variant,
+    model_mask=None,
 ) -> torch.Tensor:
     """probs[q0:q1, k0:k1] = exp(s − lse) under the variant's masks and biases, for (H, N, D) q, k.
 

@@ -15,7 +15,11 @@ def number_attention_modules(model: torch.nn.Module) -> int:
     """Give every self-attention module its layer index (ViT modules have no layer_idx)."""
     count = 0
     for module in model.modules():
-        if hasattr(module, "is_causal") and hasattr(module, "scaling") and not getattr(module, "is_cross_attention", False):
+        if (
+            hasattr(module, "is_causal")
+            and hasattr(module, "scaling")
+            and not getattr(module, "is_cross_attention", False)
+        ):
             module._attnscope_layer = count
             count += 1
     return count
@@ -25,7 +29,9 @@ def kind_of(config, model=None) -> str:
     if config.model_type in VISION_TYPES or (hasattr(config, "patch_size") and hasattr(config, "image_size")):
         return "vit"
     archs = list(config.architectures or []) + ([type(model).__name__] if model is not None else [])
-    if getattr(config, "is_decoder", False) or any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+    if getattr(config, "is_decoder", False) or any(
+        a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs
+    ):
         return "causal"
     return "bidirectional"
 
@@ -61,9 +67,17 @@ def wrap(model, model_id: str, source: str, *, tokenizer=None, image_processor=N
     if output_kind is None:
         output_kind = "logits" if hasattr(model, "cls") or "MaskedLM" in type(model).__name__ else "hidden"
     return LoadedModel(
-        model_id=model_id, source=source, backend="hf", kind=kind, module=model, n_layers=n_layers,
-        n_heads=cfg.num_attention_heads, revision=revision, labels=labels,
-        max_tokens=getattr(cfg, "max_position_embeddings", None), output_kind=output_kind,
+        model_id=model_id,
+        source=source,
+        backend="hf",
+        kind=kind,
+        module=model,
+        n_layers=n_layers,
+        n_heads=cfg.num_attention_heads,
+        revision=revision,
+        labels=labels,
+        max_tokens=getattr(cfg, "max_position_embeddings", None),
+        output_kind=output_kind,
         adapter=HFAdapter(tokenizer, image_processor),
     )
 
@@ -84,7 +98,9 @@ class HFAdapter:
             )
         special = set(self.tokenizer.all_special_ids or [])
         ctx = TokenContext.sequence(
-            len(ids), causal=lm.kind == "causal", n_layers=lm.n_layers,
+            len(ids),
+            causal=lm.kind == "causal",
+            n_layers=lm.n_layers,
             special=torch.tensor([int(i) in special for i in ids], dtype=torch.bool),
         )
         tokens = [_readable(t) for t in self.tokenizer.convert_ids_to_tokens(ids.tolist())]
@@ -100,8 +116,12 @@ class HFAdapter:
         ctx = TokenContext.vit(grid, n_prefix=n_prefix, n_layers=lm.n_layers)
         tokens = _vit_tokens(n_prefix, grid)
         return Encoded(
-            inputs={"pixel_values": pixel_values.to(lm.device)}, tokens=tokens,
-            token_ids=list(range(len(tokens))), ctx=ctx, notes=notes, image=rgb,
+            inputs={"pixel_values": pixel_values.to(lm.device)},
+            tokens=tokens,
+            token_ids=list(range(len(tokens))),
+            ctx=ctx,
+            notes=notes,
+            image=rgb,
         )
 
     def forward(self, lm: LoadedModel, enc: Encoded) -> torch.Tensor:

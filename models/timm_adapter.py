@@ -45,9 +45,16 @@ def wrap(model, model_id: str, source: str) -> LoadedModel:
     if getattr(model, "num_classes", 0):
         labels = [str(i) for i in range(model.num_classes)]
     return LoadedModel(
-        model_id=model_id, source=source, backend="timm", kind="vit", module=model, n_layers=n_layers,
-        n_heads=blocks[0].attn.num_heads, labels=labels,
-        output_kind="class_scores" if labels else "hidden", adapter=TimmAdapter(model),
+        model_id=model_id,
+        source=source,
+        backend="timm",
+        kind="vit",
+        module=model,
+        n_layers=n_layers,
+        n_heads=blocks[0].attn.num_heads,
+        labels=labels,
+        output_kind="class_scores" if labels else "hidden",
+        adapter=TimmAdapter(model),
     )
 
 
@@ -69,9 +76,11 @@ class TimmAdapter:
         grid = (pixel_values.shape[-2] // patch[0], pixel_values.shape[-1] // patch[1])
         n_prefix = model.num_prefix_tokens
         return Encoded(
-            inputs={"x": pixel_values.to(lm.device)}, tokens=_vit_tokens(n_prefix, grid),
+            inputs={"x": pixel_values.to(lm.device)},
+            tokens=_vit_tokens(n_prefix, grid),
             token_ids=list(range(n_prefix + grid[0] * grid[1])),
-            ctx=TokenContext.vit(grid, n_prefix=n_prefix, n_layers=lm.n_layers), image=to_display(pixel_values, self.mean, self.std),
+            ctx=TokenContext.vit(grid, n_prefix=n_prefix, n_layers=lm.n_layers),
+            image=to_display(pixel_values, self.mean, self.std),
         )
 
     def forward(self, lm: LoadedModel, enc: Encoded) -> torch.Tensor:

@@ -58,7 +58,9 @@ class Trace:
         """(H, N, N) attention probabilities of one layer (dense traces only)."""
         key = f"L{layer}_probs"
         if key not in self.arrays:
-            raise TraceError(f"this trace has no dense probabilities for layer {layer} (N={self.n} > {self.dense_limit})")
+            raise TraceError(
+                f"this trace has no dense probabilities for layer {layer} (N={self.n} > {self.dense_limit})"
+            )
         return self.arrays[key]
 
     def has_qk(self) -> bool:
@@ -108,7 +110,9 @@ class Trace:
         except (ValueError, OSError, json.JSONDecodeError) as exc:
             raise TraceError(f"cannot read the trace in {folder}: {exc}") from None
         if meta.get("arrays_sha256") != arrays_hash(arrays):
-            raise TraceError(f"the arrays in {npz_path} do not match the hash in its manifest; the trace was edited or damaged")
+            raise TraceError(
+                f"the arrays in {npz_path} do not match the hash in its manifest; the trace was edited or damaged"
+            )
         image = arrays.pop("image", None)
         fields = {k: meta[k] for k in cls.__dataclass_fields__ if k in meta and k not in ("arrays", "image")}
         return cls(arrays=arrays, image=image, **fields)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 
 from kernels.variants import parse_variant
+from models.calibrate import calibrate, default_calibration
 from models.inject import CallPlan, plan
 from models.loaded import InputError, LoadedModel
 from models.recorder import DENSE_LIMIT, Recorder
@@ -28,17 +30,26 @@ def trace(
     layers: list[int] | None = None,
     qk: bool = False,
     dense_limit: int = DENSE_LIMIT,
+    calibration: dict | None = None,
 ) -> Trace:
-    """One forward pass of `lm` with `variant` in `layers` (default: all), recording attention."""
+    """One forward pass of `lm` with `variant` in `layers` (default: all), recording attention.
+
+    `calibration` ({"text": ...} or {"image": ...}) is the input variants like top_theta calibrate on;
+    by default a shipped text or image.
+    """
     v = parse_variant(variant)
     enc = encode(lm, text=text, image=image)
     v.check(enc.ctx)
+    ctx = enc.ctx
+    if getattr(v, "needs_calibration", False):
+        calib = default_calibration(lm) if calibration is None else encode(lm, **calibration)
+        ctx = replace(ctx, calibration=calibrate(lm, v, calib))
     if layers is not None:
         bad = [layer for layer in layers if not 0 <= layer < lm.n_layers]
         if bad:
             raise InputError(f"layers {bad} do not exist; {lm.model_id} has layers 0..{lm.n_layers - 1}")
     rec = Recorder(dense_limit=dense_limit, keep_qk=qk)
-    p = CallPlan(variant=v, ctx=enc.ctx, recorder=rec, layers=frozenset(layers) if layers is not None else None)
+    p = CallPlan(variant=v, ctx=ctx, recorder=rec, layers=frozenset(layers) if layers is not None else None)
     with plan(p):
         out = lm.forward(enc)
     arrays = dict(rec.arrays)
@@ -47,17 +58,35 @@ def trace(
     if rec.empty_rows:
         notes.append(f"{rec.empty_rows} attention rows had every key masked; their output is zero")
     return Trace(
-        model_id=lm.model_id, revision=lm.revision, kind=lm.kind, variant=v.spec(), tokens=enc.tokens,
-        token_ids=enc.token_ids, special=enc.ctx.special.tolist(), n_layers=lm.n_layers, n_heads=lm.n_heads,
-        input=_describe_input(text, image, image_name), arrays=arrays, grid=list(enc.ctx.grid) if enc.ctx.grid else None,
-        output_kind=lm.output_kind, labels=lm.labels, variant_layers=sorted(layers) if layers is not None else None,
-        dense_limit=dense_limit, notes=notes, versions=_versions(), image=enc.image,
+        model_id=lm.model_id,
+        revision=lm.revision,
+        kind=lm.kind,
+        variant=v.spec(),
+        tokens=enc.tokens,
+        token_ids=enc.token_ids,
+        special=enc.ctx.special.tolist(),
+        n_layers=lm.n_layers,
+        n_heads=lm.n_heads,
+        input=_describe_input(text, image, image_name),
+        arrays=arrays,
+        grid=list(enc.ctx.grid) if enc.ctx.grid else None,
+        output_kind=lm.output_kind,
+        labels=lm.labels,
+        variant_layers=sorted(layers) if layers is not None else None,
+        dense_limit=dense_limit,
+        notes=notes,
+        versions=_versions(),
+        image=enc.image,
     )
 
 
 def _describe_input(text, image, image_name) -> dict:
     if text is not None:
-        return {"type": "text", "text": text, "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()}
+        return {
+            "type": "text",
+            "text": text,
+            "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
+        }
     h = hashlib.sha256(f"{image.mode}:{image.size}".encode() + image.tobytes()).hexdigest()
     return {"type": "image", "name": image_name, "size": list(image.size), "mode": image.mode, "sha256": h}
 

@@ -60,15 +60,28 @@ def tiny_text_model(family: str):
     torch.manual_seed(1)
     vocab = 30522
     if family == "bert":
-        cfg = tf.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=64, max_position_embeddings=128)
+        cfg = tf.BertConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
         model = tf.BertModel(cfg, add_pooling_layer=False)
     elif family == "gpt2":
         cfg = tf.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128)
         model = tf.GPT2LMHeadModel(cfg)
     elif family == "llama-gqa":
-        cfg = tf.LlamaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, intermediate_size=96, max_position_embeddings=128)
+        cfg = tf.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=96,
+            max_position_embeddings=128,
+        )
         model = tf.LlamaForCausalLM(cfg)
     else:
         raise ValueError(family)
@@ -80,8 +93,16 @@ def tiny_vit():
     import transformers as tf
 
     torch.manual_seed(2)
-    cfg = tf.ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
-                       num_attention_heads=4, intermediate_size=64, num_labels=5)
+    cfg = tf.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=5,
+    )
     model = tf.ViTForImageClassification(cfg)
     model.config._attn_implementation = "eager"
     return model.eval()
@@ -91,8 +112,16 @@ def tiny_timm_vit():
     import timm
 
     torch.manual_seed(3)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
-                             depth=2, num_heads=3, num_classes=5).eval()
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=48,
+        depth=2,
+        num_heads=3,
+        num_classes=5,
+    ).eval()
 
 
 def wrap_text(model, tokenizer):
@@ -107,7 +136,9 @@ def wrap_vit(model):
     from models import hf_adapter
 
     proc = ViTImageProcessor(size={"height": 32, "width": 32})
-    return hf_adapter.wrap(copy.deepcopy(model), "tiny-vit", "test", image_processor=hf_adapter.hf_image_processor(proc))
+    return hf_adapter.wrap(
+        copy.deepcopy(model), "tiny-vit", "test", image_processor=hf_adapter.hf_image_processor(proc)
+    )
 
 
 def sample_image(size=(40, 30), seed=0):

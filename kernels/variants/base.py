@@ -9,10 +9,16 @@ A variant changes attention through at most these hooks (all optional):
                                                        replaces the whole computation
 Index functions follow FlexAttention's convention so the same function drives the
 reference path, FlexAttention and the mask views. They must only use broadcasting torch ops.
+
+A parameter whose default is None is "auto": its value depends on the model and is resolved
+from the TokenContext by `Variant.auto_value` (see `Variant.resolved`).
+Static masks and pure score modifiers also describe themselves as FlexAttention source
+(`flex_source`), from which `flex_snippet()` writes code a user can paste into training code.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -32,18 +38,31 @@ class Param:
     low: float | None = None
     high: float | None = None
     choices: tuple | None = None
+    low_open: bool = False  # True: the bound `low` itself is excluded, e.g. (0, 1]
+    high_open: bool = False
+    auto: str = ""  # default None only: how the automatic value is chosen, e.g. "⌈√N⌉"
 
     def allowed(self) -> str:
         if self.choices:
-            return "one of " + ", ".join(map(str, self.choices))
-        if self.type is bool:
-            return "true or false"
-        lo = "-inf" if self.low is None else self.low
-        hi = "inf" if self.high is None else self.high
-        return f"a {self.type.__name__} in [{lo}, {hi}]"
+            text = "one of " + ", ".join(map(str, self.choices))
+        elif self.type is bool:
+            text = "true or false"
+        elif self.low is None and self.high is None and self.type not in (int, float):
+            text = f"a {self.type.__name__}"
+        else:
+            lo = "-inf" if self.low is None else self.low
+            hi = "inf" if self.high is None else self.high
+            text = (
+                f"a {self.type.__name__} in {'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
+            )
+        if self.default is None:
+            text += f", or auto (the default{': ' + self.auto if self.auto else ''})"
+        return text
 
     def coerce(self, variant: str, raw: Any) -> Any:
         """Parse and check one value; the error names the variant, parameter and range."""
+        if self.default is None and (raw is None or (isinstance(raw, str) and raw.strip().lower() in _AUTO)):
+            return None  # auto: resolved from the TokenContext when the variant runs
         try:
             if self.type is bool and isinstance(raw, str):
                 if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -64,8 +83,10 @@ class Param:
         if self.choices and value not in self.choices:
             raise VariantError(f"{variant}: {self.name}={value!r} must be {self.allowed()}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if value != value or (self.low is not None and value < self.low) or (
-                self.high is not None and value > self.high
+            if (
+                value != value
+                or (self.low is not None and (value <= self.low if self.low_open else value < self.low))
+                or (self.high is not None and (value >= self.high if self.high_open else value > self.high))
             ):
                 raise VariantError(f"{variant}: {self.name}={value} out of range; expected {self.allowed()}")
         return value
@@ -120,6 +141,30 @@ class Variant:
     row_probs = None
     attend = None
 
+    # parameters whose default is None ("auto")
+    def auto_value(self, name: str, ctx: TokenContext) -> Any:
+        """The value of an auto parameter for this context; variants with auto parameters override it."""
+        raise VariantError(f"{self.name}: parameter {name} has no automatic value; set it explicitly")
+
+    def resolved(self, ctx: TokenContext) -> dict[str, Any]:
+        """Parameter values with every auto (None) replaced by its value for `ctx`."""
+        return {k: self.auto_value(k, ctx) if v is None else v for k, v in self.values.items()}
+
+    # FlexAttention form (static masks and pure score modifiers only)
+    def flex_source(self, ctx_kind: str) -> FlexSource | None:
+        """The variant as FlexAttention source for a model of `ctx_kind`; None: it has no such form."""
+        return None
+
+    def flex_snippet(self, ctx_kind: str | None = None, **sizes: Any) -> str:
+        """Self-contained FlexAttention code (imports, mask_mod / score_mod with this variant's
+        parameter values baked in, create_block_mask) to paste into training code.
+        `sizes` (n, grid, n_prefix, n_heads) replace the placeholder sizes in the code."""
+        if type(self).flex_source is Variant.flex_source:
+            raise VariantError(f"{self.name} is not a static mask or score modifier; it has no FlexAttention form")
+        from kernels.flex import flex_snippet  # lazy: kernels.flex imports this module
+
+        return flex_snippet(self, ctx_kind, **sizes)
+
     @property
     def is_full(self) -> bool:
         return self.name == "full"
@@ -131,12 +176,39 @@ class Variant:
             "family": cls.family,
             "applies_to": sorted(cls.applies_to),
             "params": [
-                {"name": p.name, "type": p.type.__name__, "default": p.default, "allowed": p.allowed(), "doc": p.doc}
+                {
+                    "name": p.name,
+                    "type": p.type.__name__,
+                    "default": "auto" if p.default is None else p.default,
+                    "allowed": p.allowed(),
+                    "doc": p.doc,
+                }
                 for p in cls.params
             ],
             "doc": (cls.__doc__ or "").strip(),
         }
 
 
+@dataclass(frozen=True)
+class FlexSource:
+    """A variant written as FlexAttention source, for `kernels.flex.flex_snippet`.
+
+    functions: module-level pure functions the expressions call (copied into the snippet with
+    inspect.getsource, helpers first). mask / bias: one Python expression in b, h, q_idx, kv_idx
+    and the snippet's globals (N, N_HEADS; on a ViT also GRID, SPECIAL, ROW, COL) giving the keep
+    mask / the bias added to the score; None when the variant has no mask / no bias.
+    Special tokens are kept global and unbiased by the snippet itself on a ViT.
+    """
+
+    functions: tuple[Callable, ...]
+    mask: str | None = None
+    bias: str | None = None
+
+
+_AUTO = ("auto", "none", "")
+
+
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "auto"
     return str(v).lower() if isinstance(v, bool) else str(v)

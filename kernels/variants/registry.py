@@ -36,7 +36,7 @@ def _split_params(rest: str) -> list[str]:
     """Split on commas outside brackets so list values like heads=[(0,1),(2,3)] survive."""
     out, depth, cur = [], 0, ""
     for ch in rest:
-        depth += ch in "[(" 
+        depth += ch in "[("
         depth -= ch in "])"
         if ch == "," and depth == 0:
             out.append(cur)

@@ -26,7 +26,9 @@ def brute_force(q, k, v, scale, keep):
                 idx = [j for j in range(k.shape[2]) if keep[b, h, i, j]]
                 if not idx:
                     continue
-                s = torch.tensor([float(q[b, h, i].double() @ k[b, h, j].double()) * scale for j in idx], dtype=torch.float64)
+                s = torch.tensor(
+                    [float(q[b, h, i].double() @ k[b, h, j].double()) * scale for j in idx], dtype=torch.float64
+                )
                 p = torch.softmax(s, 0)
                 probs[b, h, i, idx] = p.double()
                 out[b, h, i] = p @ v[b, h, idx].double()
@@ -69,8 +71,16 @@ def test_all_masked_row_is_zero_and_flagged():
     q, k, v = rand_qkv(B=2, N=6)
     valid = torch.ones(2, 6, dtype=torch.bool)
     valid[1] = False  # batch item 1: every key is padding
-    res = attention(q, k, v, scale=0.5, ctx=TokenContext.sequence(6, causal=False), variant=FULL,
-                    model_mask=PaddingMask(valid), want_probs=True)
+    res = attention(
+        q,
+        k,
+        v,
+        scale=0.5,
+        ctx=TokenContext.sequence(6, causal=False),
+        variant=FULL,
+        model_mask=PaddingMask(valid),
+        want_probs=True,
+    )
     assert not torch.isnan(res.out).any() and not torch.isnan(res.probs).any()
     assert (res.out[1] == 0).all() and (res.probs[1] == 0).all()
     assert res.empty[1].all() and not res.empty[0].any()
@@ -80,8 +90,16 @@ def test_all_masked_row_is_zero_and_flagged():
 def test_sinks_see_every_chunk_once():
     q, k, v = rand_qkv(N=10)
     seen = []
-    attention(q, k, v, scale=0.5, ctx=TokenContext.sequence(10, causal=True), variant=FULL,
-              sinks=(lambda q0, q1, p, s: seen.append((q0, q1, p.shape, bool(torch.isneginf(s).any()))),), chunk=4)
+    attention(
+        q,
+        k,
+        v,
+        scale=0.5,
+        ctx=TokenContext.sequence(10, causal=True),
+        variant=FULL,
+        sinks=(lambda q0, q1, p, s: seen.append((q0, q1, p.shape, bool(torch.isneginf(s).any()))),),
+        chunk=4,
+    )
     assert [(a, b) for a, b, *_ in seen] == [(0, 4), (4, 8), (8, 10)]
     assert seen[0][2] == (2, 3, 4, 10) and seen[0][3]  # causal keys are -inf in the scores
 
@@ -100,6 +118,14 @@ def test_sdpa_fast_path_zeroes_empty_rows():
     q, k, v = rand_qkv(B=2, N=6)
     valid = torch.ones(2, 6, dtype=torch.bool)
     valid[1] = False
-    fast = attend(q, k, v, scale=0.3, ctx=TokenContext.sequence(6, causal=False), variant=FULL,
-                  model_mask=PaddingMask(valid), want_lse=False)
+    fast = attend(
+        q,
+        k,
+        v,
+        scale=0.3,
+        ctx=TokenContext.sequence(6, causal=False),
+        variant=FULL,
+        model_mask=PaddingMask(valid),
+        want_lse=False,
+    )
     assert not torch.isnan(fast.out).any() and (fast.out[1] == 0).all() and fast.empty[1].all()
