@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_input_args(s)
     s.add_argument("--qk", action="store_true", help="also keep q and k (after rotary) per layer")
     s.add_argument("--layers", help="comma-separated layers the variant applies to (default: all)")
+    s.add_argument("--heads", help="comma-separated heads the variant applies to (default: all)")
     s.add_argument("--dense-limit", type=int, default=1024, help="keep N×N probabilities up to this many tokens")
     s.add_argument("--out", required=True, help="trace folder to write")
     s.set_defaults(func=cmd_trace)
@@ -107,13 +108,13 @@ def _load(args):
     )
 
 
-def _parse_layers(raw: str | None) -> list[int] | None:
+def _parse_indices(flag: str, raw: str | None) -> list[int] | None:
     if raw is None:
         return None
     try:
         return [int(x) for x in raw.split(",") if x.strip()]
     except ValueError:
-        raise CliError(f"--layers {raw!r} must be comma-separated integers, e.g. 0,1,5") from None
+        raise CliError(f"{flag} {raw!r} must be comma-separated integers, e.g. 0,1,5") from None
 
 
 def cmd_models(args) -> int:
@@ -148,7 +149,13 @@ def cmd_trace(args) -> int:
     inputs = read_input(args)
     lm = _load(args)
     tr = trace(
-        lm, variant=args.variant, qk=args.qk, layers=_parse_layers(args.layers), dense_limit=args.dense_limit, **inputs
+        lm,
+        variant=args.variant,
+        qk=args.qk,
+        layers=_parse_indices("--layers", args.layers),
+        heads=_parse_indices("--heads", args.heads),
+        dense_limit=args.dense_limit,
+        **inputs,
     )
     out = tr.save(args.out)
     for note in tr.notes:

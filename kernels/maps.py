@@ -49,10 +49,12 @@ class MapsSink:
     def __call__(self, q0: int, q1: int, p: torch.Tensor, s: torch.Tensor) -> None:
         _, _, qi, kj = index_grid(1, 1, q0, q1, self.nk, p.device)
         d = token_distance(self.ctx, qi[0, 0], kj[0, 0])  # (c, Nk)
-        self.stats["entropy"][..., q0:q1] = -torch.special.xlogy(p, p).sum(-1)
-        self.stats["distance"][..., q0:q1] = (p * d).sum(-1)
-        self.stats["sink"][..., q0:q1] = p[..., 0]
-        self.stats["maxp"][..., q0:q1] = p.amax(-1)
+        # added, not assigned: a variant run in two passes over complementary heads (p zero on the
+        # other heads) sums to the right statistics
+        self.stats["entropy"][..., q0:q1] += -torch.special.xlogy(p, p).sum(-1)
+        self.stats["distance"][..., q0:q1] += (p * d).sum(-1)
+        self.stats["sink"][..., q0:q1] += p[..., 0]
+        self.stats["maxp"][..., q0:q1] += p.amax(-1)
         if self.rows is not None:
             by_col = p.new_zeros(p.shape[:-1] + (self.pooled_sum.shape[-1],)).index_add_(-1, self.cols, p)
             self.pooled_sum.index_add_(2, self.rows[q0:q1], by_col.double())

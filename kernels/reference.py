@@ -60,6 +60,16 @@ def allowed_fn(variant: Variant, ctx: TokenContext, model_mask, batch: int, head
     return allowed
 
 
+class AllowedRows:
+    """An `allowed(q0, q1)` function seen as a model mask, to run the reference path under it."""
+
+    def __init__(self, allowed):
+        self.allowed = allowed
+
+    def rows(self, q0: int, q1: int):
+        return self.allowed(q0, q1)
+
+
 def _and(a, b):
     return b if a is None else a & b
 

@@ -17,6 +17,7 @@ import torch
 from kernels.context import TokenContext
 from kernels.dispatch import attend
 from kernels.variants import Variant, parse_variant
+from kernels.variants.subset import restrict_heads
 
 IMPL = "attnscope"
 
@@ -29,11 +30,15 @@ class CallPlan:
     ctx: TokenContext
     recorder: object | None = None  # models.recorder.Recorder
     layers: frozenset[int] | None = None  # None: every layer
+    heads: tuple[int, ...] | None = None  # None: every head
     calls: int = field(default=0)
+
+    def __post_init__(self):
+        self._restricted = restrict_heads(self.variant, self.heads)
 
     def variant_for(self, layer: int) -> Variant:
         if self.layers is None or layer in self.layers:
-            return self.variant
+            return self._restricted
         return FULL
 
 

@@ -41,6 +41,7 @@ class Trace:
     output_kind: str = "logits"
     labels: list[str] | None = None
     variant_layers: list[int] | None = None  # None: the variant ran in every layer
+    variant_heads: list[int] | None = None  # None: ... and in every head
     dense_limit: int = 1024
     notes: list[str] = field(default_factory=list)
     versions: dict = field(default_factory=dict)

@@ -28,28 +28,33 @@ def trace(
     image_name: str | None = None,
     variant: str = "full",
     layers: list[int] | None = None,
+    heads: list[int] | None = None,
     qk: bool = False,
     dense_limit: int = DENSE_LIMIT,
     calibration: dict | None = None,
 ) -> Trace:
-    """One forward pass of `lm` with `variant` in `layers` (default: all), recording attention.
+    """One forward pass of `lm` with `variant` in `layers` and `heads` (default: all), recording attention.
 
     `calibration` ({"text": ...} or {"image": ...}) is the input variants like top_theta calibrate on;
     by default a shipped text or image.
     """
     v = parse_variant(variant)
+    _check_indices("layers", layers, lm.n_layers, lm.model_id)
+    _check_indices("heads", heads, lm.n_heads, lm.model_id)
     enc = encode(lm, text=text, image=image)
     v.check(enc.ctx)
     ctx = enc.ctx
     if getattr(v, "needs_calibration", False):
         calib = default_calibration(lm) if calibration is None else encode(lm, **calibration)
         ctx = replace(ctx, calibration=calibrate(lm, v, calib))
-    if layers is not None:
-        bad = [layer for layer in layers if not 0 <= layer < lm.n_layers]
-        if bad:
-            raise InputError(f"layers {bad} do not exist; {lm.model_id} has layers 0..{lm.n_layers - 1}")
     rec = Recorder(dense_limit=dense_limit, keep_qk=qk)
-    p = CallPlan(variant=v, ctx=ctx, recorder=rec, layers=frozenset(layers) if layers is not None else None)
+    p = CallPlan(
+        variant=v,
+        ctx=ctx,
+        recorder=rec,
+        layers=frozenset(layers) if layers is not None else None,
+        heads=tuple(heads) if heads is not None else None,
+    )
     with plan(p):
         out = lm.forward(enc)
     arrays = dict(rec.arrays)
@@ -73,11 +78,18 @@ def trace(
         output_kind=lm.output_kind,
         labels=lm.labels,
         variant_layers=sorted(layers) if layers is not None else None,
+        variant_heads=sorted(heads) if heads is not None else None,
         dense_limit=dense_limit,
         notes=notes,
         versions=_versions(),
         image=enc.image,
     )
+
+
+def _check_indices(what: str, values: list[int] | None, count: int, model_id: str) -> None:
+    bad = [i for i in values or () if not 0 <= i < count]
+    if bad:
+        raise InputError(f"{what} {bad} do not exist; {model_id} has {what} 0..{count - 1}")
 
 
 def _describe_input(text, image, image_name) -> dict:

@@ -379,28 +379,18 @@ class HeadAblation(Variant):
         return heads
 
     def attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
-        from kernels.reference import attention  # lazy: kernels.reference imports the variants package
+        from kernels.reference import AllowedRows, attention  # lazy: kernels.reference imports the variants package
 
         H = q.shape[1]
         head_on = torch.ones(1, H, 1, 1, device=q.device)
         head_on[:, self.ablated_heads(ctx.layer, H)] = 0.0  # (1, H, 1, 1): 0 on ablated heads
         zeroing_sinks = tuple(_zero_heads_in(sink, head_on) for sink in sinks)
-        res = attention(q, k, v, scale=scale, ctx=ctx, variant=Full(), model_mask=_AllowedRows(allowed),
+        res = attention(q, k, v, scale=scale, ctx=ctx, variant=Full(), model_mask=AllowedRows(allowed),
                         want_probs=want_probs, sinks=zeroing_sinks, chunk=chunk)
         res.out = res.out * head_on
         if res.probs is not None:
             res.probs = res.probs * head_on
         return res
-
-
-class _AllowedRows:
-    """The `allowed(q0, q1)` function seen as a model mask, to hand it to the reference path."""
-
-    def __init__(self, allowed):
-        self.allowed = allowed
-
-    def rows(self, q0: int, q1: int):
-        return self.allowed(q0, q1)
 
 
 def _zero_heads_in(sink, head_on: torch.Tensor):

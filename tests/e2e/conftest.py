@@ -26,12 +26,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def server():
+def artifacts() -> Path:
+    """Screenshots and the server log, kept by CI as test artefacts."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def server(artifacts):
     """`attnscope app` on a free port; yields its URL."""
     port = _free_port()
     env = dict(os.environ, STREAMLIT_SERVER_PORT=str(port), STREAMLIT_SERVER_HEADLESS="true", HF_HUB_OFFLINE="1")
     attnscope = shutil.which("attnscope", path=str(Path(sys.executable).parent)) or "attnscope"
-    log = open(ARTIFACTS.mkdir(exist_ok=True) or ARTIFACTS / "server.log", "w")
+    log = open(artifacts / "server.log", "w")
     proc = subprocess.Popen([attnscope, "app"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90

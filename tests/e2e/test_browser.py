@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ARTIFACTS
 
 pytestmark = pytest.mark.e2e
 
 
-def test_first_screen_renders_minilm_attention(server, browser):
+def test_first_screen_renders_minilm_attention(server, browser, artifacts):
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     page.goto(server)
     # Plotly draws each figure into a .js-plotly-plot element once the trace is ready
@@ -17,5 +16,5 @@ def test_first_screen_renders_minilm_attention(server, browser):
     assert page.locator(".js-plotly-plot .heatmaplayer, .js-plotly-plot image").count() >= 1
     assert "minilm" in page.content()
     assert page.locator("[data-testid='stException']").count() == 0
-    page.screenshot(path=str(ARTIFACTS / "model_view.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "model_view.png"), full_page=True)
     page.close()

@@ -83,7 +83,7 @@ def test_pool_bins():
 
 def test_long_trace_keeps_pooled_maps_and_no_dense(tokenizer):
     """Above the dense limit a trace holds pooled maps equal to the block means of the dense trace."""
-    from conftest import TEXT, tiny_text_model, wrap_text
+    from tiny import TEXT, tiny_text_model, wrap_text
 
     from models.tracer import trace
 

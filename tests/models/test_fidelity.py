@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import TEXT, sample_image, tiny_text_model, tiny_timm_vit, tiny_vit, wrap_text, wrap_vit
+from tiny import TEXT, sample_image, tiny_text_model, tiny_timm_vit, tiny_vit, wrap_text, wrap_vit
 
 from models.tracer import encode, trace
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TEXT, sample_image, tiny_text_model, tiny_timm_vit, tiny_vit
+from tiny import TEXT, sample_image, tiny_text_model, tiny_timm_vit, tiny_vit
 
 from models.loaded import ModelError
 from models.registry import load

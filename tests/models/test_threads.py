@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import TEXT, tiny_text_model, wrap_text
+from tiny import TEXT, tiny_text_model, wrap_text
 
 from models.tracer import trace
 

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TEXT, sample_image, tiny_text_model, tiny_vit, wrap_text, wrap_vit
+from tiny import TEXT, sample_image, tiny_text_model, tiny_vit, wrap_text, wrap_vit
 
 from models.trace import Trace, TraceError
 from models.tracer import trace
