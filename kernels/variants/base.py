@@ -48,12 +48,12 @@ class Param:
         elif self.type is bool:
             text = "true or false"
         elif self.low is None and self.high is None and self.type not in (int, float):
-            text = f"a {self.type.__name__}"
+            text = f"{_article(self.type.__name__)} {self.type.__name__}"
         else:
             lo = "-inf" if self.low is None else self.low
             hi = "inf" if self.high is None else self.high
             text = (
-                f"a {self.type.__name__} in {'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
+                f"{_article(self.type.__name__)} {self.type.__name__} in {'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
             )
         if self.default is None:
             text += f", or auto (the default{': ' + self.auto if self.auto else ''})"
@@ -212,3 +212,7 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "auto"
     return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
