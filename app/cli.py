@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", help="comma-separated layers the variant applies to (default: all)")
     s.add_argument("--heads", help="comma-separated heads the variant applies to (default: all)")
     s.add_argument("--dense-limit", type=int, default=1024, help="keep N×N probabilities up to this many tokens")
+    s.add_argument("--max-tokens", type=int, help="keep only the first N tokens of the text (says how many dropped)")
     s.add_argument("--out", required=True, help="trace folder to write")
     s.set_defaults(func=cmd_trace)
 
@@ -155,6 +156,7 @@ def cmd_trace(args) -> int:
         layers=_parse_indices("--layers", args.layers),
         heads=_parse_indices("--heads", args.heads),
         dense_limit=args.dense_limit,
+        max_tokens=args.max_tokens,
         **inputs,
     )
     out = tr.save(args.out)

@@ -70,6 +70,31 @@ class AllowedRows:
         return self.allowed(q0, q1)
 
 
+SKIP_BELOW = 0.9  # gather a chunk's used keys when they are at most this fraction of all keys
+
+
+def _used_keys(keep: torch.Tensor | None, nk: int) -> torch.Tensor | slice | None:
+    """The keys any row of the chunk may see (a slice when contiguous, as for causal rows), or None."""
+    if keep is None:
+        return None
+    used = keep.reshape(-1, keep.shape[-1]).any(0)
+    idx = used.nonzero().squeeze(1)
+    if len(idx) > SKIP_BELOW * nk:
+        return None
+    if len(idx) and int(idx[-1]) - int(idx[0]) + 1 == len(idx):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
+
+
+def _widen(x: torch.Tensor, cols, nk: int, fill: float) -> torch.Tensor:
+    """Put (..., |cols|) values back into (..., nk) columns."""
+    wide = x.new_full(x.shape[:-1] + (nk,), fill)
+    if isinstance(cols, slice):
+        wide[..., cols] = x
+        return wide
+    return wide.index_copy_(-1, cols, x)
+
+
 def _and(a, b):
     return b if a is None else a & b
 
@@ -95,6 +120,9 @@ def attention(
                               sinks=sinks, chunk=chunk)
 
     score_mod = variant.score_mod(ctx.to(q.device))
+    # Static sparsity: a chunk only computes scores against the keys some row of it may see.
+    # Content-dependent hooks need whole rows, so they never skip.
+    may_skip = variant.row_mask is None and variant.row_probs is None
     kf, vf = k.float(), v.float()
     out = q.new_empty(B, H, N, v.shape[-1], dtype=torch.float32)
     lse = q.new_empty(B, H, N, dtype=torch.float32)
@@ -102,11 +130,15 @@ def attention(
     probs = q.new_empty(B, H, N, Nk, dtype=torch.float32) if want_probs else None
     for q0 in range(0, N, chunk):
         q1 = min(N, q0 + chunk)
-        s = torch.matmul(q[:, :, q0:q1].float(), kf.transpose(-1, -2)) * scale  # (B, H, c, Nk)
+        keep = allowed(q0, q1)
+        cols = _used_keys(keep, Nk) if may_skip else None
+        kc, vc = (kf, vf) if cols is None else (kf[:, :, cols], vf[:, :, cols])
+        if cols is not None:
+            keep = keep[..., cols]
+        s = torch.matmul(q[:, :, q0:q1].float(), kc.transpose(-1, -2)) * scale  # (B, H, c, Nk or |cols|)
         if score_mod is not None:
             b, h, qi, kj = index_grid(B, H, q0, q1, Nk, q.device)
-            s = score_mod(s, b, h, qi, kj)
-        keep = allowed(q0, q1)
+            s = score_mod(s, b, h, qi, kj if cols is None else kj[..., cols])
         if variant.row_mask is not None:
             keep = variant.row_mask(s, keep, torch.arange(q0, q1, device=q.device), ctx)
         if keep is not None:
@@ -118,9 +150,11 @@ def attention(
         else:
             p = torch.exp(s - row_lse.masked_fill(dead, 0.0)[..., None])
         p = p.masked_fill(dead[..., None], 0.0)
-        out[:, :, q0:q1] = torch.matmul(p, vf)
+        out[:, :, q0:q1] = torch.matmul(p, vc)
         lse[:, :, q0:q1] = row_lse
         empty[:, :, q0:q1] = dead
+        if cols is not None and (probs is not None or sinks):
+            p, s = _widen(p, cols, Nk, 0.0), _widen(s, cols, Nk, float("-inf"))
         if probs is not None:
             probs[:, :, q0:q1] = p
         for sink in sinks:

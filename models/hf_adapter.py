@@ -92,10 +92,6 @@ class HFAdapter:
             raise InputError("the text is empty; type or upload some text")
         enc = self.tokenizer(text, return_tensors="pt")
         ids = enc["input_ids"][0]
-        if lm.max_tokens and len(ids) > lm.max_tokens:
-            raise InputError(
-                f"the text has {len(ids)} tokens but {lm.model_id} takes at most {lm.max_tokens}; shorten it"
-            )
         special = set(self.tokenizer.all_special_ids or [])
         ctx = TokenContext.sequence(
             len(ids),

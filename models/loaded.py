@@ -34,6 +34,25 @@ class Encoded:
     notes: list[str] = field(default_factory=list)  # e.g. "resized from 4000×3000"
     image: Any = None  # the RGB image as the model saw it (numpy HxWx3 uint8), for overlays
 
+    def truncated(self, n: int) -> Encoded:
+        """The first n tokens of a text input, with a note saying how many were dropped."""
+        from dataclasses import replace
+
+        total = len(self.tokens)
+        if n >= total:
+            return self
+        if self.ctx.kind == "vit":
+            raise InputError("an image input cannot be truncated")
+        ctx = replace(self.ctx, n=n, special=self.ctx.special[:n], row=self.ctx.row[:n], col=self.ctx.col[:n])
+        return replace(
+            self,
+            inputs={k: v[:, :n] for k, v in self.inputs.items()},
+            tokens=self.tokens[:n],
+            token_ids=self.token_ids[:n],
+            ctx=ctx,
+            notes=[*self.notes, f"truncated to the first {n} of {total} tokens ({total - n} dropped)"],
+        )
+
 
 @dataclass
 class LoadedModel:

@@ -14,10 +14,22 @@ from models.recorder import DENSE_LIMIT, Recorder
 from models.trace import Trace
 
 
-def encode(lm: LoadedModel, *, text: str | None = None, image=None):
+def encode(lm: LoadedModel, *, text: str | None = None, image=None, max_tokens: int | None = None):
+    """Encode one input; a text longer than `max_tokens` or the model's limit is cut or refused."""
     if (text is None) == (image is None):
         raise InputError("give exactly one input: a text or an image")
-    return lm.encode_text(text) if text is not None else lm.encode_image(image)
+    if image is not None:
+        return lm.encode_image(image)
+    enc = lm.encode_text(text)
+    n, limit = len(enc.tokens), lm.max_tokens
+    if max_tokens is not None:
+        limit = max_tokens if limit is None else min(limit, max_tokens)
+    elif limit is not None and n > limit:
+        raise InputError(
+            f"the text has {n} tokens but {lm.model_id} takes at most {limit}; shorten it or truncate it "
+            f"(--max-tokens {limit} on the command line drops the last {n - limit} tokens)"
+        )
+    return enc.truncated(limit) if limit is not None else enc
 
 
 def trace(
@@ -32,16 +44,17 @@ def trace(
     qk: bool = False,
     dense_limit: int = DENSE_LIMIT,
     calibration: dict | None = None,
+    max_tokens: int | None = None,
 ) -> Trace:
     """One forward pass of `lm` with `variant` in `layers` and `heads` (default: all), recording attention.
 
     `calibration` ({"text": ...} or {"image": ...}) is the input variants like top_theta calibrate on;
-    by default a shipped text or image.
+    by default a shipped text or image. `max_tokens` keeps only the first tokens of a text.
     """
     v = parse_variant(variant)
     _check_indices("layers", layers, lm.n_layers, lm.model_id)
     _check_indices("heads", heads, lm.n_heads, lm.model_id)
-    enc = encode(lm, text=text, image=image)
+    enc = encode(lm, text=text, image=image, max_tokens=max_tokens)
     v.check(enc.ctx)
     ctx = enc.ctx
     if getattr(v, "needs_calibration", False):

@@ -129,3 +129,57 @@ def test_sdpa_fast_path_zeroes_empty_rows():
         want_lse=False,
     )
     assert not torch.isnan(fast.out).any() and (fast.out[1] == 0).all() and fast.empty[1].all()
+
+
+@pytest.mark.parametrize("spec", ["sliding_window:w=3,sinks=2", "dilated_window:w=2,d=3", "star:b=8,q_tokens=4"])
+def test_key_skipping_changes_nothing(spec, monkeypatch):
+    """Chunks that gather only their used keys give exactly what whole rows give."""
+    import kernels.reference as ref
+    from kernels.maps import MapsSink
+
+    q, k, v = rand_qkv(B=1, H=2, N=40)
+    ctx = TokenContext.sequence(40, causal=True, n_heads=2)
+    variant = parse_variant(spec)
+
+    def run():
+        sink = MapsSink(1, 2, 40, 40, ctx, pooled=8, device="cpu")
+        res = attention(q, k, v, scale=0.3, ctx=ctx, variant=variant, want_probs=True, sinks=(sink,), chunk=4)
+        return res, sink
+
+    used = []
+    real = ref._used_keys
+    monkeypatch.setattr(ref, "_used_keys", lambda keep, nk: used.append(real(keep, nk)) or used[-1])
+    skipped, skipped_maps = run()
+    assert any(c is not None for c in used)  # the sparse path really ran
+    monkeypatch.setattr(ref, "_used_keys", lambda keep, nk: None)
+    dense, dense_maps = run()
+    torch.testing.assert_close(skipped.out, dense.out, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(skipped.probs, dense.probs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(skipped.lse, dense.lse, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(skipped_maps.pooled(), dense_maps.pooled(), atol=1e-6, rtol=1e-6)
+
+
+def test_key_skipping_with_a_score_mod_keeps_true_key_indices():
+    """decay_1d's bias needs each gathered key's real position."""
+    from kernels.variants.base import Variant
+
+    class WindowedDecay(Variant):
+        name, family, applies_to = "windowed_decay", "test", frozenset({"causal"})
+
+        def mask_mod(self, ctx):
+            return lambda b, h, qi, kj: (qi - kj).abs() <= 2
+
+        def score_mod(self, ctx):
+            return lambda s, b, h, qi, kj: s - 0.5 * (qi - kj).abs()
+
+    q, k, v = rand_qkv(B=1, H=1, N=30)
+    res = attention(q, k, v, scale=0.3, ctx=TokenContext.sequence(30, causal=True), variant=WindowedDecay(),
+                    want_probs=True, chunk=3)
+    keep = torch.zeros(1, 1, 30, 30, dtype=torch.bool)
+    s = (q @ k.transpose(-1, -2)).double() * 0.3
+    for i in range(30):
+        for j in range(max(0, i - 2), i + 1):
+            keep[0, 0, i, j] = True
+            s[0, 0, i, j] -= 0.5 * abs(i - j)
+    expected = torch.softmax(s.masked_fill(~keep, -math.inf), -1)
+    torch.testing.assert_close(res.probs.double(), expected, atol=1e-6, rtol=1e-5)
