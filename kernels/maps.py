@@ -35,29 +35,44 @@ def token_distance(ctx: TokenContext, qi: torch.Tensor, kj: torch.Tensor) -> tor
 class MapsSink:
     """Accumulates pooled maps (optional) and row statistics from query chunks of probabilities."""
 
+    accepts_prefix = True  # p may cover only keys [0, w): the reference path skips keys after causal rows
+
     def __init__(self, batch: int, heads: int, n: int, nk: int, ctx: TokenContext, *, pooled: int | None, device):
         self.ctx = ctx.to(device)
         self.stats = {name: torch.zeros(batch, heads, n, device=device) for name in STATS}
+        self.nk = nk
         self.rows = pool_bins(n, pooled, device) if pooled else None
-        self.cols = pool_bins(nk, pooled, device) if pooled else None
         if pooled:
+            self.cols = pool_bins(nk, pooled, device)
             rq, rk = int(self.rows[-1]) + 1, int(self.cols[-1]) + 1
             self.pooled_sum = torch.zeros(batch, heads, rq, rk, dtype=torch.float64, device=device)
             self.tile_size = torch.bincount(self.rows)[:, None] * torch.bincount(self.cols)[None, :]
-        self.nk = nk
+            self.col_starts = torch.searchsorted(self.cols, torch.arange(rk, device=device))
 
     def __call__(self, q0: int, q1: int, p: torch.Tensor, s: torch.Tensor) -> None:
-        _, _, qi, kj = index_grid(1, 1, q0, q1, self.nk, p.device)
-        d = token_distance(self.ctx, qi[0, 0], kj[0, 0])  # (c, Nk)
+        w = p.shape[-1]
+        qi = torch.arange(q0, q1, device=p.device)
+        d = token_distance(self.ctx, qi[:, None], torch.arange(w, device=p.device)[None, :])  # (c, w)
         # added, not assigned: a variant run in two passes over complementary heads (p zero on the
         # other heads) sums to the right statistics
-        self.stats["entropy"][..., q0:q1] += -torch.special.xlogy(p, p).sum(-1)
-        self.stats["distance"][..., q0:q1] += (p * d).sum(-1)
+        self.stats["entropy"][..., q0:q1] += torch.special.entr(p).sum(-1)
+        self.stats["distance"][..., q0:q1] += torch.einsum("bhcw,cw->bhc", p, d)
         self.stats["sink"][..., q0:q1] += p[..., 0]
         self.stats["maxp"][..., q0:q1] += p.amax(-1)
         if self.rows is not None:
-            by_col = p.new_zeros(p.shape[:-1] + (self.pooled_sum.shape[-1],)).index_add_(-1, self.cols, p)
-            self.pooled_sum.index_add_(2, self.rows[q0:q1], by_col.double())
+            self.pooled_sum.index_add_(2, self.rows[q0:q1], self._pool_cols(p).double())
+
+    def _pool_cols(self, p: torch.Tensor) -> torch.Tensor:
+        """(B, H, c, w) -> (B, H, c, R): the sum over each column tile."""
+        w, r = p.shape[-1], self.pooled_sum.shape[-1]
+        tile = self.nk // r
+        if self.nk % r == 0 and w % tile == 0:  # equal tiles: a reshape and one sum
+            sums = p.reshape(p.shape[:-1] + (w // tile, tile)).sum(-1)
+            return torch.nn.functional.pad(sums, (0, r - w // tile))
+        csum = torch.nn.functional.pad(p.cumsum(-1), (1, 0))  # uneven tiles: from one cumulative sum
+        bounds = torch.cat([self.col_starts, self.col_starts.new_tensor([self.nk])]).clamp(max=w)
+        edges = csum[..., bounds]  # (B, H, c, R+1)
+        return edges[..., 1:] - edges[..., :-1]
 
     def pooled(self) -> torch.Tensor:
         """(B, H, R, R): the mean probability in each tile."""

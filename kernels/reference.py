@@ -15,7 +15,8 @@ import torch
 from kernels.context import TokenContext
 from kernels.variants.base import Variant
 
-# (q0, q1, probs, scores): probs and masked scores (-inf where masked) of one query chunk, (B, H, c, Nk)
+# (q0, q1, probs, scores): probs and masked scores (-inf where masked) of one query chunk, (B, H, c, Nk).
+# A sink with `accepts_prefix = True` may get only the first w ≤ Nk columns (the rest have zero probability).
 ChunkSink = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
@@ -37,24 +38,29 @@ def index_grid(batch: int, heads: int, q0: int, q1: int, nk: int, device) -> tup
     )
 
 
-def allowed_fn(variant: Variant, ctx: TokenContext, model_mask, batch: int, heads: int, nk: int, device):
-    """f(q0, q1) -> bool mask broadcastable to (B, H, q1-q0, Nk), or None when all keys are kept.
+def allowed_fn(variant: Variant, ctx: TokenContext, model_mask, batch: int, heads: int, nk: int, device,
+               *, causal: bool = True):
+    """f(q0, q1, hi=nk) -> bool mask broadcastable to (B, H, q1-q0, hi) over keys [0, hi), or None.
 
-    Combines the model's own mask (causal, padding), the context's causality and the
-    variant's static mask_mod.
+    Combines the model's own mask (padding...), the context's causality (unless causal=False)
+    and the variant's static mask_mod. None means every key is kept.
     """
     mask_mod = variant.mask_mod(ctx)
-    self_attn = ctx.n == nk
+    model_mask = None if model_mask is None or getattr(model_mask, "redundant_for", lambda c: False)(ctx) else model_mask
+    causal = causal and ctx.causal and ctx.n == nk
 
-    def allowed(q0: int, q1: int):
-        b, h, qi, kj = index_grid(batch, heads, q0, q1, nk, device)
+    def allowed(q0: int, q1: int, hi: int | None = None):
+        hi = nk if hi is None else hi
         keep = None
         if model_mask is not None:
             keep = model_mask.rows(q0, q1)
-        if ctx.causal and self_attn:
-            keep = _and(keep, kj <= qi)
-        if mask_mod is not None:
-            keep = _and(keep, mask_mod(b, h, qi, kj))
+            keep = None if keep is None else keep[..., :hi]
+        if causal or mask_mod is not None:
+            b, h, qi, kj = index_grid(batch, heads, q0, q1, hi, device)
+            if causal:
+                keep = _and(keep, kj <= qi)
+            if mask_mod is not None:
+                keep = _and(keep, mask_mod(b, h, qi, kj))
         return keep
 
     return allowed
@@ -81,6 +87,8 @@ def _used_keys(keep: torch.Tensor | None, nk: int) -> torch.Tensor | slice | Non
     idx = used.nonzero().squeeze(1)
     if len(idx) > SKIP_BELOW * nk:
         return None
+    if len(idx) == 0:  # no row sees anything: one (masked) key keeps the shapes valid
+        return slice(0, 1)
     if len(idx) and int(idx[-1]) - int(idx[0]) + 1 == len(idx):
         return slice(int(idx[0]), int(idx[-1]) + 1)
     return idx
@@ -114,49 +122,79 @@ def attention(
 ) -> AttnOut:
     B, H, N, _ = q.shape
     Nk = k.shape[2]
-    allowed = allowed_fn(variant, ctx.to(q.device), model_mask, B, H, Nk, q.device)
+    dctx = ctx.to(q.device)
     if variant.attend is not None:
+        allowed = allowed_fn(variant, dctx, model_mask, B, H, Nk, q.device)
         return variant.attend(q, k, v, scale=scale, ctx=ctx, allowed=allowed, want_probs=want_probs,
                               sinks=sinks, chunk=chunk)
 
-    score_mod = variant.score_mod(ctx.to(q.device))
+    # Causality is handled here, not in the mask: a chunk never looks at keys after its last
+    # row, and only its diagonal block needs masking.
+    causal = ctx.causal and N == Nk
+    allowed = allowed_fn(variant, dctx, model_mask, B, H, Nk, q.device, causal=False)
+    score_mod = variant.score_mod(dctx)
     # Static sparsity: a chunk only computes scores against the keys some row of it may see.
     # Content-dependent hooks need whole rows, so they never skip.
     may_skip = variant.row_mask is None and variant.row_probs is None
-    kf, vf = k.float(), v.float()
+    qs, kf, vf = q.float() * scale, k.float(), v.float()
     out = q.new_empty(B, H, N, v.shape[-1], dtype=torch.float32)
     lse = q.new_empty(B, H, N, dtype=torch.float32)
     empty = torch.zeros(B, H, N, dtype=torch.bool, device=q.device)
-    probs = q.new_empty(B, H, N, Nk, dtype=torch.float32) if want_probs else None
+    probs = q.new_zeros(B, H, N, Nk, dtype=torch.float32) if want_probs else None
     for q0 in range(0, N, chunk):
         q1 = min(N, q0 + chunk)
-        keep = allowed(q0, q1)
-        cols = _used_keys(keep, Nk) if may_skip else None
-        kc, vc = (kf, vf) if cols is None else (kf[:, :, cols], vf[:, :, cols])
-        if cols is not None:
+        hi = q1 if causal else Nk
+        keep = allowed(q0, q1, hi)
+        if keep is not None and causal:
+            keep = keep & _causal_block(q0, q1, hi, q.device)
+        cols = _used_keys(keep, hi) if may_skip else None
+        if cols is None:
+            cols = slice(0, hi)
+        elif keep is not None:
             keep = keep[..., cols]
-        s = torch.matmul(q[:, :, q0:q1].float(), kc.transpose(-1, -2)) * scale  # (B, H, c, Nk or |cols|)
+        s = torch.matmul(qs[:, :, q0:q1], kf[:, :, cols].transpose(-1, -2))  # (B, H, c, |cols|)
         if score_mod is not None:
-            b, h, qi, kj = index_grid(B, H, q0, q1, Nk, q.device)
-            s = score_mod(s, b, h, qi, kj if cols is None else kj[..., cols])
+            b, h, qi, kj = index_grid(B, H, q0, q1, hi, q.device)
+            s = score_mod(s, b, h, qi, kj[..., cols])
+        if keep is None and causal:  # only the diagonal block has keys after some row
+            s[..., q0:q1].masked_fill_(_causal_block(q0, q1, q1, q.device)[..., q0:q1].logical_not(), float("-inf"))
         if variant.row_mask is not None:
             keep = variant.row_mask(s, keep, torch.arange(q0, q1, device=q.device), ctx)
         if keep is not None:
             s = s.masked_fill(~keep, float("-inf"))
-        row_lse = torch.logsumexp(s, dim=-1)  # (B, H, c)
+        p, row_lse = _softmax_lse(s)  # (B, H, c, |cols|), (B, H, c)
         dead = torch.isneginf(row_lse)
         if variant.row_probs is not None:
             p = variant.row_probs(s, keep, torch.arange(q0, q1, device=q.device), ctx)
-        else:
-            p = torch.exp(s - row_lse.masked_fill(dead, 0.0)[..., None])
-        p = p.masked_fill(dead[..., None], 0.0)
-        out[:, :, q0:q1] = torch.matmul(p, vc)
+        if dead.any():
+            p = p.masked_fill(dead[..., None], 0.0)
+        out[:, :, q0:q1] = torch.matmul(p, vf[:, :, cols])
         lse[:, :, q0:q1] = row_lse
         empty[:, :, q0:q1] = dead
-        if cols is not None and (probs is not None or sinks):
-            p, s = _widen(p, cols, Nk, 0.0), _widen(s, cols, Nk, float("-inf"))
         if probs is not None:
-            probs[:, :, q0:q1] = p
-        for sink in sinks:
-            sink(q0, q1, p, s)
+            probs[:, :, q0:q1, cols] = p
+        if sinks:
+            prefix = isinstance(cols, slice) and cols.start == 0
+            wide = None
+            for sink in sinks:
+                if prefix and getattr(sink, "accepts_prefix", False):
+                    sink(q0, q1, p, s)  # columns past the prefix hold zero probability
+                else:
+                    if wide is None:
+                        wide = _widen(p, cols, Nk, 0.0), _widen(s, cols, Nk, float("-inf"))
+                    sink(q0, q1, *wide)
     return AttnOut(out=out, lse=lse, empty=empty, probs=probs)
+
+
+def _softmax_lse(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row softmax and log-sum-exp in four passes over the scores; rows of -inf give zeros and -inf."""
+    m = s.amax(-1, keepdim=True).nan_to_num(neginf=0.0)  # a dead row keeps max 0: exp(-inf) = 0
+    e = torch.exp(s - m)
+    z = e.sum(-1, keepdim=True)
+    p = e.div_(z.clamp_min(torch.finfo(e.dtype).tiny))
+    return p, (m + z.log()).squeeze(-1)
+
+
+def _causal_block(q0: int, q1: int, hi: int, device) -> torch.Tensor:
+    """(c, hi) bool: key j ≤ query i, for rows q0..q1 against keys [0, hi)."""
+    return torch.arange(hi, device=device)[None, :] <= torch.arange(q0, q1, device=device)[:, None]

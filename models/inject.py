@@ -67,6 +67,18 @@ class ModelMask:
         self.q_offset, self.kv_offset = q_offset, kv_offset
         self.mask_function, self.attention_mask = mask_function, attention_mask
 
+    def redundant_for(self, ctx) -> bool:
+        """True when this mask adds nothing to what the context already says (plain causal or no mask)."""
+        from transformers.masking_utils import bidirectional_mask_function, causal_mask_function
+
+        plain = self.q_offset == 0 and self.kv_offset == 0 and self.q_length == self.kv_length
+        no_padding = self.attention_mask is None or bool(self.attention_mask.all())
+        if not (plain and no_padding):
+            return False
+        return self.mask_function is bidirectional_mask_function or (
+            self.mask_function is causal_mask_function and ctx.causal
+        )
+
     def rows(self, q0: int, q1: int) -> torch.Tensor | None:
         """bool (B, 1, q1-q0, Nk): True where query i may see key j; None when all are kept."""
         from transformers.masking_utils import sdpa_mask
