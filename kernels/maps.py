@@ -74,6 +74,13 @@ class MapsSink:
         edges = csum[..., bounds]  # (B, H, c, R+1)
         return edges[..., 1:] - edges[..., :-1]
 
+    def absorb(self, maps) -> None:
+        """Take what a fused maps pass (kernels.triton.triton_maps) computed for every row at once."""
+        for name in STATS:
+            self.stats[name] += maps.stats[name]
+        if self.rows is not None:
+            self.pooled_sum += maps.pooled().double() * self.tile_size
+
     def pooled(self) -> torch.Tensor:
         """(B, H, R, R): the mean probability in each tile."""
         return (self.pooled_sum / self.tile_size).float()

@@ -54,7 +54,7 @@ class _StatsRecorder:
 
         return (add,)
 
-    def record(self, layer, res, q, k) -> None:
+    def record(self, layer, res, q, k, scale) -> None:
         pass
 
 

@@ -139,7 +139,7 @@ def run_attention(module, query, key, value, model_mask, scale: float):
         sinks=rec.sinks(layer, ctx, query, key) if rec is not None else (),
     )
     if rec is not None:
-        rec.record(layer, res, query, key)
+        rec.record(layer, res, query, key, scale)
     return res.out.to(query.dtype), res.probs
 
 

@@ -32,9 +32,10 @@ class Recorder:
         self._maps[layer] = MapsSink(B, H, N, k.shape[2], ctx, pooled=pooled, device=q.device)
         return (self._maps[layer],)
 
-    def record(self, layer: int, res: AttnOut, q: torch.Tensor, k: torch.Tensor) -> None:
+    def record(self, layer: int, res: AttnOut, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
         """Keep batch item 0 of one layer; q and k are after rotary embedding, heads expanded."""
         put = self.arrays.__setitem__
+        put(f"L{layer}_scale", np.float32(scale))  # the model's own q·k scale, to recompute scores
         if res.probs is not None:
             put(f"L{layer}_probs", _np(res.probs[0]))
         if res.lse is not None:  # approximations without a softmax have no log-sum-exp

@@ -64,6 +64,13 @@ class Trace:
             )
         return self.arrays[key]
 
+    def scale(self, layer: int) -> float:
+        """The model's own q·k scale in this layer (1/√D unless the model says otherwise)."""
+        key = f"L{layer}_scale"
+        if key in self.arrays:
+            return float(self.arrays[key])
+        return float(self.arrays[f"L{layer}_q"].shape[-1] ** -0.5)
+
     def has_qk(self) -> bool:
         return "L0_q" in self.arrays
 

@@ -1,0 +1,31 @@
+"""Exact attention tiles of a long trace, recomputed from q, k and the log-sum-exp of each row."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from analysis.context import context_of, variant_of
+from kernels.maps import exact_tile
+
+MAX_TILE = 512  # a tile side the views can draw as a labelled heatmap
+
+
+def tile(trace, layer: int, head: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """probs[rows, cols] of one head, exact. Needs a trace recorded with q and k (qk=True)."""
+    (q0, q1), (k0, k1) = rows, cols
+    if not (0 <= q0 < q1 <= trace.n and 0 <= k0 < k1 <= trace.n):
+        raise ValueError(f"tile rows {rows} / cols {cols} must lie within 0..{trace.n}")
+    if q1 - q0 > MAX_TILE or k1 - k0 > MAX_TILE:
+        raise ValueError(f"a tile is at most {MAX_TILE}×{MAX_TILE}; zoom in further")
+    if f"L{layer}_probs" in trace.arrays:  # dense trace: nothing to recompute
+        return trace.arrays[f"L{layer}_probs"][head, q0:q1, k0:k1]
+    if not trace.has_qk() or f"L{layer}_lse" not in trace.arrays:
+        raise ValueError("this long trace kept no q, k and LSE; trace it again with q and k (--qk) to zoom in")
+    # every head of the layer, then one: a variant's rule may depend on the head index (decays)
+    q = torch.from_numpy(trace.arrays[f"L{layer}_q"])
+    k = torch.from_numpy(trace.arrays[f"L{layer}_k"])
+    lse = torch.from_numpy(trace.arrays[f"L{layer}_lse"])
+    out = exact_tile(q, k, lse, rows, cols, scale=trace.scale(layer), ctx=context_of(trace, layer),
+                     variant=variant_of(trace, layer))
+    return out[head].numpy()
