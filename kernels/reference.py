@@ -38,15 +38,18 @@ def index_grid(batch: int, heads: int, q0: int, q1: int, nk: int, device) -> tup
     )
 
 
-def allowed_fn(variant: Variant, ctx: TokenContext, model_mask, batch: int, heads: int, nk: int, device,
-               *, causal: bool = True):
+def allowed_fn(
+    variant: Variant, ctx: TokenContext, model_mask, batch: int, heads: int, nk: int, device, *, causal: bool = True
+):
     """f(q0, q1, hi=nk) -> bool mask broadcastable to (B, H, q1-q0, hi) over keys [0, hi), or None.
 
     Combines the model's own mask (padding...), the context's causality (unless causal=False)
     and the variant's static mask_mod. None means every key is kept.
     """
     mask_mod = variant.mask_mod(ctx)
-    model_mask = None if model_mask is None or getattr(model_mask, "redundant_for", lambda c: False)(ctx) else model_mask
+    model_mask = (
+        None if model_mask is None or getattr(model_mask, "redundant_for", lambda c: False)(ctx) else model_mask
+    )
     causal = causal and ctx.causal and ctx.n == nk
 
     def allowed(q0: int, q1: int, hi: int | None = None):
@@ -125,8 +128,9 @@ def attention(
     dctx = ctx.to(q.device)
     if variant.attend is not None:
         allowed = allowed_fn(variant, dctx, model_mask, B, H, Nk, q.device)
-        return variant.attend(q, k, v, scale=scale, ctx=ctx, allowed=allowed, want_probs=want_probs,
-                              sinks=sinks, chunk=chunk)
+        return variant.attend(
+            q, k, v, scale=scale, ctx=ctx, allowed=allowed, want_probs=want_probs, sinks=sinks, chunk=chunk
+        )
 
     # Causality is handled here, not in the mask: a chunk never looks at keys after its last
     # row, and only its diagonal block needs masking.

@@ -1,4 +1,4 @@
-"""Model view page: the layer × head grid, and one head's heatmap."""
+"""Model view: every layer × head at once; pick one to open it in the head view."""
 
 from __future__ import annotations
 
@@ -8,24 +8,20 @@ from app import session
 from app.views.head_view import head_heatmap
 from app.views.model_grid import cell_at, model_grid
 
-sel = session.sidebar()
-tr = session.traced(sel)
+st.header("Model view")
+tr = session.traced()
 if tr is not None:
     for note in tr.notes:
         st.caption(note)
-    st.session_state.setdefault("layer", 0)
-    st.session_state.setdefault("head", 0)
     left, right = st.columns([1, 1])
     with left:
-        st.subheader("Every head")
         event = st.plotly_chart(model_grid(tr), on_select="rerun", selection_mode="points", key="grid")
-        points = (event or {}).get("selection", {}).get("points", []) if event else []
+        points = event.get("selection", {}).get("points", []) if event else []
         picked = cell_at(points[0]) if points else None
         if picked is not None:
-            st.session_state.layer, st.session_state.head = picked
+            session.select(*picked, page="model")
+        st.caption("Click a thumbnail to pick its head; the Head view page opens the same head.")
     with right:
-        st.subheader("One head")
-        c1, c2 = st.columns(2)
-        layer = c1.number_input("Layer", 0, tr.n_layers - 1, key="layer")
-        head = c2.number_input("Head", 0, tr.n_heads - 1, key="head")
-        st.plotly_chart(head_heatmap(tr, int(layer), int(head)), key="head_map")
+        layer, head = session.pick_layer_head(tr, page="model")
+        st.plotly_chart(head_heatmap(tr, layer, head), key="head_map")
+        st.page_link("pages/head_view.py", label="Open in the head view →", icon="🔍")

@@ -45,3 +45,67 @@ def _check(trace, layer: int, head: int) -> None:
             f"layer {layer} head {head} does not exist; the trace has layers 0..{trace.n_layers - 1} "
             f"and heads 0..{trace.n_heads - 1}"
         )
+
+
+HEAD_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
+                "#999999", "#882255", "#44AA99", "#117733"]  # Okabe–Ito, then Tol: colour-blind safe
+MAX_LINES_N = 160  # beyond this many tokens the lines view is unreadable; use the heatmap
+
+
+def token_lines(trace, layer: int, heads: list[int], *, focus: int | None = None, threshold: float = 0.02,
+                levels: int = 6) -> go.Figure:
+    """Queries on the left, keys on the right, a line per weight above `threshold`, opacity = weight.
+
+    One colour per head. With `focus`, only that query's lines are drawn, at full strength.
+    """
+    for head in heads:
+        _check(trace, layer, head)
+    n = trace.n
+    if n > MAX_LINES_N:
+        raise ValueError(f"the lines view draws up to {MAX_LINES_N} tokens (this input has {n}); use the heatmap")
+    probs = trace.probs(layer)
+    fig = go.Figure()
+    edges = np.linspace(threshold, 1.0, levels + 1)
+    for head in heads:
+        p = probs[head]
+        colour = HEAD_COLOURS[head % len(HEAD_COLOURS)]
+        rows = [focus] if focus is not None else range(n)
+        for lvl in range(levels):  # one trace per opacity level: plotly has one opacity per trace
+            lo, hi = edges[lvl], edges[lvl + 1]
+            xs, ys = [], []
+            for i in rows:
+                for j in np.nonzero((p[i] >= lo) & ((p[i] < hi) | (lvl == levels - 1)))[0]:
+                    xs += [0, 1, None]
+                    ys += [i, int(j), None]
+            if xs:
+                fig.add_trace(go.Scatter(
+                    x=xs, y=ys, mode="lines", line=dict(color=colour, width=2), hoverinfo="skip",
+                    opacity=float(min(1.0, 0.15 + hi)), showlegend=lvl == levels - 1, name=f"head {head}",
+                    legendgroup=f"h{head}",
+                ))
+    labels = [t.replace("\n", "\\n") for t in trace.tokens]
+    for x, anchor in ((0, "right"), (1, "left")):
+        fig.add_trace(go.Scatter(
+            x=[x] * n, y=list(range(n)), mode="text+markers", text=labels, textposition=f"middle {anchor}",
+            marker=dict(size=4, color="#555"), showlegend=False, customdata=list(range(n)),
+            hovertemplate="%{text} (position %{customdata})<extra></extra>",
+        ))
+    fig.update_yaxes(autorange="reversed", visible=False)
+    fig.update_xaxes(visible=False, range=[-0.6, 1.6])
+    what = f"query {focus} ({labels[focus]})" if focus is not None else "every query"
+    return finish(fig, title(trace, f"layer {layer} · heads {', '.join(map(str, heads))} · {what}"),
+                  width=560, height=max(360, 70 + 18 * n))
+
+
+def tile_heatmap(trace, layer: int, head: int, rows: tuple[int, int], cols: tuple[int, int],
+                 probs: np.ndarray) -> go.Figure:
+    """An exact tile of a long trace, labelled with its tokens."""
+    ylab = token_labels(trace.tokens)[rows[0]:rows[1]]
+    xlab = token_labels(trace.tokens)[cols[0]:cols[1]]
+    fig = go.Figure(go.Heatmap(z=probs, x=xlab, y=ylab, colorscale=SEQUENTIAL, zmin=0,
+                               colorbar=dict(title="p", thickness=12),
+                               hovertemplate="query %{y}<br>key %{x}<br>p = %{z:.5f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", title="query", tickfont=dict(size=8))
+    fig.update_xaxes(title="key", tickangle=-60, tickfont=dict(size=8))
+    where = f"queries {rows[0]}–{rows[1] - 1} × keys {cols[0]}–{cols[1] - 1}"
+    return finish(fig, title(trace, f"layer {layer} · head {head} · exact tile {where}"), width=760, height=700)

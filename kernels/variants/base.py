@@ -52,9 +52,8 @@ class Param:
         else:
             lo = "-inf" if self.low is None else self.low
             hi = "inf" if self.high is None else self.high
-            text = (
-                f"{_article(self.type.__name__)} {self.type.__name__} in {'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
-            )
+            opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            text = f"{_article(self.type.__name__)} {self.type.__name__} in {opening}{lo}, {hi}{closing}"
         if self.default is None:
             text += f", or auto (the default{': ' + self.auto if self.auto else ''})"
         return text
