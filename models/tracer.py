@@ -10,6 +10,7 @@ from kernels.variants import parse_variant
 from models.calibrate import calibrate, default_calibration
 from models.inject import CallPlan, plan
 from models.loaded import InputError, LoadedModel
+from models.memory import GB, budget_bytes, estimate_bytes
 from models.recorder import DENSE_LIMIT, Recorder
 from models.trace import Trace
 
@@ -60,6 +61,7 @@ def trace(
     if getattr(v, "needs_calibration", False):
         calib = default_calibration(lm) if calibration is None else encode(lm, **calibration)
         ctx = replace(ctx, calibration=calibrate(lm, v, calib))
+    dense_limit, note = _fit_memory(lm, enc.ctx.n, dense_limit, qk)
     rec = Recorder(dense_limit=dense_limit, keep_qk=qk)
     p = CallPlan(
         variant=v,
@@ -72,7 +74,7 @@ def trace(
         out = lm.forward(enc)
     arrays = dict(rec.arrays)
     arrays["logits"] = out.cpu().numpy()
-    notes = list(enc.notes)
+    notes = list(enc.notes) + ([note] if note else [])
     if rec.empty_rows:
         notes.append(f"{rec.empty_rows} attention rows had every key masked; their output is zero")
     return Trace(
@@ -97,6 +99,20 @@ def trace(
         versions=_versions(),
         image=enc.image,
     )
+
+
+def _fit_memory(lm: LoadedModel, n: int, dense_limit: int, qk: bool) -> tuple[int, str | None]:
+    """Refuse a trace over the memory budget, or keep pooled maps instead of dense ones when that fits."""
+    budget = budget_bytes()
+    dense = n <= dense_limit
+    need = estimate_bytes(lm, n, dense=dense, qk=qk)
+    if need <= budget:
+        return dense_limit, None
+    if dense and estimate_bytes(lm, n, dense=False, qk=qk) <= budget:
+        return n - 1, (f"dense maps would need {need / GB:.1f} GB (budget {budget / GB:.1f} GB); "
+                       "kept pooled maps instead")
+    raise InputError(f"this trace needs about {need / GB:.1f} GB but the memory budget is {budget / GB:.1f} GB; "
+                     "use a shorter input, or raise ATTNSCOPE_MEMORY_BUDGET_GB")
 
 
 def _check_indices(what: str, values: list[int] | None, count: int, model_id: str) -> None:

@@ -1,4 +1,4 @@
-"""End to end: the real server in a real browser."""
+"""End to end: the real server (started as `make run` starts it) in Debian's Chromium."""
 
 from __future__ import annotations
 
@@ -7,14 +7,40 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def test_first_screen_renders_minilm_attention(server, browser, artifacts):
-    page = browser.new_page(viewport={"width": 1500, "height": 1000})
-    page.goto(server)
-    # Plotly draws each figure into a .js-plotly-plot element once the trace is ready
-    page.wait_for_selector(".js-plotly-plot", timeout=120_000)
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=120_000)
-    assert page.locator(".js-plotly-plot .heatmaplayer, .js-plotly-plot image").count() >= 1
-    assert "minilm" in page.content()
+def wait_for_plots(page, at_least: int, timeout: int = 180_000) -> None:
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {at_least}", timeout=timeout)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stSpinner\"]')", timeout=timeout)
+
+
+def open_page(page, title: str) -> None:
+    page.get_by_role("link", name=title).first.click()
+    page.wait_for_function(f"document.querySelector('h2') && document.querySelector('h2').innerText.includes('{title}')",
+                           timeout=60_000)
+
+
+def assert_clean(page) -> None:
     assert page.locator("[data-testid='stException']").count() == 0
+    assert page.locator("[data-testid='stAlertContentError']").count() == 0
+
+
+def test_model_view_then_head_view_then_compare(server, browser, artifacts):
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.goto(server)
+    wait_for_plots(page, 2)
+    assert "minilm" in page.content()
+    assert page.locator(".js-plotly-plot .heatmaplayer").count() >= 1
+    assert_clean(page)
     page.screenshot(path=str(artifacts / "model_view.png"), full_page=True)
+
+    open_page(page, "Head view")
+    wait_for_plots(page, 2)
+    assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 1  # the token lines
+    assert_clean(page)
+    page.screenshot(path=str(artifacts / "head_view.png"), full_page=True)
+
+    open_page(page, "Compare")
+    wait_for_plots(page, 3)
+    assert "KL of the output" in page.content() or "Mean cosine" in page.content()
+    assert_clean(page)
+    page.screenshot(path=str(artifacts / "compare.png"), full_page=True)
     page.close()
