@@ -6,6 +6,7 @@ import streamlit as st
 
 from analysis.tiles import MAX_TILE, tile
 from app import session
+from app.export_buttons import download_buttons
 from app.views.head_view import MAX_LINES_N, head_heatmap, tile_heatmap, token_lines
 
 st.header("Head view")
@@ -17,21 +18,25 @@ if tr is not None:
         lines, heat = st.columns([1, 1])
         with lines:
             if tr.n <= MAX_LINES_N:
-                heads = st.multiselect("Heads drawn as lines", list(range(tr.n_heads)), default=[head],
+                extra = st.multiselect("Overlay other heads", [h for h in range(tr.n_heads) if h != head],
                                        key="head_lines")
+                heads = sorted({head, *extra})
                 options = ["every query", *[f"{i}: {t}" for i, t in enumerate(tr.tokens)]]
                 focus = st.selectbox("Highlight one query's lines", options, key="head_focus")
                 threshold = st.slider("Hide weights below", 0.0, 0.5, 0.02, 0.01, key="head_threshold")
                 focus_i = None if focus == options[0] else int(focus.split(":")[0])
-                st.plotly_chart(token_lines(tr, layer, heads or [head], focus=focus_i, threshold=threshold))
+                st.plotly_chart(token_lines(tr, layer, heads, focus=focus_i, threshold=threshold))
+                download_buttons(lambda: token_lines(tr, layer, heads, focus=focus_i, threshold=threshold), tr, "lines")
             else:
                 st.info(f"The lines view draws up to {MAX_LINES_N} tokens; this input has {tr.n}.")
         with heat:
             st.plotly_chart(head_heatmap(tr, layer, head), key="head_heat")
+            download_buttons(None, tr, "head", selection={"layer": layer, "head": head})
     else:
         st.caption(f"{tr.n} tokens: the map below is pooled ({tr.arrays['L0_pooled'].shape[-1]}² tiles, each the "
                    "mean probability of its tokens). Pick a range to recompute it exactly from q, k and the LSE.")
         st.plotly_chart(head_heatmap(tr, layer, head), key="head_pooled")
+        download_buttons(None, tr, "head", selection={"layer": layer, "head": head})
         side = min(MAX_TILE, 128)
         c1, c2 = st.columns(2)
         q0 = c1.number_input("Query rows from", 0, tr.n - 1, max(0, tr.n - side), key="tile_q0")
@@ -40,5 +45,7 @@ if tr is not None:
         cols = (int(k0), min(tr.n, int(k0) + side))
         try:
             st.plotly_chart(tile_heatmap(tr, layer, head, rows, cols, tile(tr, layer, head, rows, cols)))
+            download_buttons(lambda: tile_heatmap(tr, layer, head, rows, cols, tile(tr, layer, head, rows, cols)),
+                             tr, "tile", selection={"layer": layer, "head": head, "rows": rows, "cols": cols})
         except ValueError as exc:
             st.error(str(exc))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import session
+from app.export_buttons import download_buttons
 from app.views.head_view import head_heatmap
 from app.views.model_grid import cell_at, model_grid
 
@@ -16,6 +17,7 @@ if tr is not None:
     left, right = st.columns([1, 1])
     with left:
         event = st.plotly_chart(model_grid(tr), on_select="rerun", selection_mode="points", key="grid")
+        download_buttons(None, tr, "model")
         points = event.get("selection", {}).get("points", []) if event else []
         picked = cell_at(points[0]) if points else None
         if picked is not None:
@@ -24,4 +26,5 @@ if tr is not None:
     with right:
         layer, head = session.pick_layer_head(tr, page="model")
         st.plotly_chart(head_heatmap(tr, layer, head), key="head_map")
-        st.page_link("pages/head_view.py", label="Open in the head view →", icon="🔍")
+        download_buttons(None, tr, "head", selection={"layer": layer, "head": head}, key="model_head")
+        st.caption("The Head view, Neuron view and Compare pages open on the same layer and head.")

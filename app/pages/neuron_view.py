@@ -9,7 +9,7 @@ from app.views.head_view import token_labels
 from app.views.neuron_view import MAX_KEYS, neuron_figure
 
 st.header("Neuron view")
-tr = session.traced(qk=True)
+tr = session.traced()  # every page's trace keeps q and k (app/session.py)
 if tr is not None:
     layer, head = session.pick_layer_head(tr, page="neuron")
     labels = token_labels(tr.tokens)

@@ -1,0 +1,110 @@
+"""Every page under Streamlit's AppTest, offline, with each preset picked in the sidebar.
+
+AppTest re-runs only the page script after the first run, so the sidebar's choices are set
+in session state before it (the end-to-end test drives the real sidebar in Chromium).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
+PRESET_FIXTURE = {"minilm": "minilm", "smollm2-135m": "smollm", "digits-vit": "digits_vit"}
+
+
+def open_page(page: str, model: str, **state) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=600)
+    at.session_state["model"] = model
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    return at.switch_page(page).run()
+
+
+def ok(at) -> None:
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def charts(at) -> list:
+    return at.get("plotly_chart")
+
+
+MODELS = ["minilm", pytest.param("smollm2-135m", marks=pytest.mark.slow), "digits-vit"]
+
+
+@pytest.fixture()
+def preset(request):
+    model = request.param
+    request.getfixturevalue(PRESET_FIXTURE[model])  # loaded once per session (and cached by the app)
+    return model
+
+
+@pytest.mark.parametrize("preset", MODELS, indirect=True)
+@pytest.mark.parametrize("page,min_charts", [
+    ("pages/model_view.py", 2), ("pages/head_view.py", 1), ("pages/mask_lab.py", 1), ("pages/compare.py", 3),
+    ("pages/head_metrics.py", 3),
+])
+def test_page_renders(page, min_charts, preset):
+    at = open_page(page, preset)
+    ok(at)
+    assert len(charts(at)) >= min_charts
+
+
+@pytest.mark.parametrize("preset", ["minilm"], indirect=True)
+def test_head_view_lines_follow_layer_head_and_focus(preset):
+    at = open_page("pages/head_view.py", preset)
+    at.number_input(key="head_layer").set_value(3).run()
+    at.number_input(key="head_head").set_value(5).run()
+    at.selectbox(key="head_focus").set_value(at.selectbox(key="head_focus").options[2]).run()
+    ok(at)
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in charts(at)]
+    assert any("layer 3 · heads 5 · query 1" in t for t in titles)
+    assert any("layer 3 · head 5" in t for t in titles)
+
+
+@pytest.mark.parametrize("preset", ["digits-vit"], indirect=True)
+def test_mask_lab_grid_and_snippet_for_a_vit(preset):
+    at = open_page("pages/mask_lab.py", preset, lab_name="window_2d")
+    ok(at)
+    assert len(charts(at)) == 2  # the matrix and the grid for one query
+    assert "create_block_mask" in at.code[0].value
+    assert any("Blocks skipped at 64" in m.label for m in at.metric)
+
+
+@pytest.mark.parametrize("preset", ["minilm"], indirect=True)
+def test_mask_lab_content_variant_explains_itself(preset):
+    at = open_page("pages/mask_lab.py", preset, lab_name="topk")
+    ok(at)
+    assert any("decides per input" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("preset", ["digits-vit"], indirect=True)
+def test_compare_shows_output_change(preset):
+    at = open_page("pages/compare.py", preset)
+    at.text_input(key="cmp_b").set_value("window_2d:M=2").run()
+    ok(at)
+    labels = {m.label: m.value for m in at.metric}
+    assert "Top-1 agreement" in labels and "KL of the output" in labels
+
+
+@pytest.mark.parametrize("preset", ["minilm"], indirect=True)
+def test_compare_refuses_models_with_other_tokenizers(preset, digits_vit):
+    at = open_page("pages/compare.py", preset)
+    at.text_input(key="cmp_model_b").set_value("digits-vit").run()
+    assert not at.exception and len(at.error) == 1
+
+
+@pytest.mark.parametrize("preset", ["minilm"], indirect=True)
+def test_bad_variant_parameter_is_one_error(preset):
+    at = AppTest.from_file(MAIN, default_timeout=600)
+    at.session_state["variant_name"] = "sliding_window"
+    at.session_state["variant_sliding_window_w"] = "-5"
+    at.run()
+    assert not at.exception
+    assert [e.value for e in at.sidebar.error] == ["sliding_window: w=-5 out of range; expected an int in [0, inf]"]
+    assert at.session_state["selection"].variant == "full"  # nothing ran with the bad value
