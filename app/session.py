@@ -75,7 +75,7 @@ def selection() -> Selection:
 
 def sidebar() -> Selection:
     sb = st.sidebar
-    sb.title("🔬 attnscope")
+    sb.title("attnscope")
     names = list(PRESETS) + [CUSTOM]
     choice = sb.selectbox("Model", names, index=names.index(DEFAULT_MODEL) if DEFAULT_MODEL in names else 0,
                           format_func=lambda n: n if n == CUSTOM else f"{n} ({PRESETS[n].kind})", key="model")

@@ -84,14 +84,14 @@ def token_lines(trace, layer: int, heads: list[int], *, focus: int | None = None
                     legendgroup=f"h{head}",
                 ))
     labels = [t.replace("\n", "\\n") for t in trace.tokens]
-    for x, anchor in ((0, "right"), (1, "left")):
+    for x, side in ((0, "left"), (1, "right")):  # query labels left of their dots, key labels right
         fig.add_trace(go.Scatter(
-            x=[x] * n, y=list(range(n)), mode="text+markers", text=labels, textposition=f"middle {anchor}",
+            x=[x] * n, y=list(range(n)), mode="text+markers", text=labels, textposition=f"middle {side}",
             marker=dict(size=4, color="#555"), showlegend=False, customdata=list(range(n)),
             hovertemplate="%{text} (position %{customdata})<extra></extra>",
         ))
     fig.update_yaxes(autorange="reversed", visible=False)
-    fig.update_xaxes(visible=False, range=[-0.6, 1.6])
+    fig.update_xaxes(visible=False, range=[-0.9, 1.9])
     what = f"query {focus} ({labels[focus]})" if focus is not None else "every query"
     return finish(fig, title(trace, f"layer {layer} · heads {', '.join(map(str, heads))} · {what}"),
                   width=560, height=max(360, 70 + 18 * n))
