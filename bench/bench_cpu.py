@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import time
+from functools import partial
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -133,7 +134,8 @@ def run_variant_bench(sizes=(1024, 4096), flex_for=("full", "sliding_window", "d
         for kind, ctx in contexts.items():
             q, k, v = (torch.randn(1, 9, ctx.n, 64) for _ in range(3))
             scale = 64**-0.5
-            dense = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=kind == "causal", scale=scale))
+            causal = kind == "causal"
+            dense = timed(partial(F.scaled_dot_product_attention, q, k, v, is_causal=causal, scale=scale))
             for cls in all_variants():
                 spec = {"sliding_window": "sliding_window:w=256", "head_ablation": "head_ablation:heads=0.1",
                         "dam": None, "top_theta": None}.get(cls.name, cls.name)
@@ -144,7 +146,7 @@ def run_variant_bench(sizes=(1024, 4096), flex_for=("full", "sliding_window", "d
                     variant.check(ctx)
                 except VariantError:
                     continue
-                seconds = timed(lambda: attend(q, k, v, scale=scale, ctx=ctx, variant=variant, want_lse=False),
+                seconds = timed(partial(attend, q, k, v, scale=scale, ctx=ctx, variant=variant, want_lse=False),
                                 repeats=1 if n > 2048 else 2)
                 row = {"variant": spec, "context": kind, "n": ctx.n, "seconds": round(seconds, 4),
                        "dense_sdpa_seconds": round(dense, 4), "speedup_vs_sdpa": round(dense / seconds, 2)}
@@ -163,7 +165,7 @@ def flex_row(q, k, v, variant, ctx, scale, ours: float) -> dict:
         t0 = time.perf_counter()
         flex_attention(q, k, v, variant, ctx, scale, compile=True)
         compile_s = time.perf_counter() - t0
-        flex = timed(lambda: flex_attention(q, k, v, variant, ctx, scale, compile=True), repeats=2)
+        flex = timed(partial(flex_attention, q, k, v, variant, ctx, scale, compile=True), repeats=2)
     except Exception as exc:  # report, don't hide: the row says what failed
         return {"flex_error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     return {"flex_seconds": round(flex, 4), "flex_compile_seconds": round(compile_s, 1),

@@ -42,7 +42,8 @@ def main() -> None:
     for page in PAGES:
         at.switch_page(page).run()  # first visit computes what the page caches (trace is shared)
         at.switch_page(page).run()
-        rows.append({"action": f"open {page}", "seconds": round(timed_runs(at, lambda i, p=page: at.switch_page(p)), 4)})
+        opened = timed_runs(at, lambda i, p=page: at.switch_page(p))
+        rows.append({"action": f"open {page}", "seconds": round(opened, 4)})
         key = page.split("/")[1].split("_")[0].replace(".py", "")
         layer_keys = [w.key for w in at.number_input if w.key and w.key.endswith("_layer")]
         if layer_keys:

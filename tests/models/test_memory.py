@@ -9,7 +9,6 @@ from models.loaded import InputError
 from models.memory import estimate_bytes
 from models.tracer import trace
 
-
 LONG = " ".join([TEXT] * 30)  # ~450 tokens: more than the 256×256 pooled maps
 
 
