@@ -6,7 +6,7 @@ import torch
 
 from kernels.context import TokenContext
 from models.inject import IMPL, register
-from models.loaded import Encoded, InputError, LoadedModel, ModelError, to_display
+from models.loaded import Encoded, InputError, LoadedModel, ModelError, resize_note, to_display
 
 VISION_TYPES = {"vit", "deit", "dinov2", "dinov2_with_registers", "vit_msn", "vit_mae", "beit", "data2vec-vision"}
 
@@ -105,6 +105,7 @@ class HFAdapter:
 
     def encode_image(self, lm: LoadedModel, image) -> Encoded:
         pixel_values, rgb, notes = self.image_processor(image)
+        notes = [*notes, *resize_note(image, pixel_values)]
         config = lm.module.config
         patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
         grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)

@@ -7,6 +7,7 @@ from pathlib import Path
 from models.loaded import InputError
 
 MAX_TEXT_BYTES = 2_000_000
+MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused before they are decoded (decompression bombs)
 
 
 def read_text_file(path: Path) -> str:
@@ -37,9 +38,15 @@ def open_image(data: bytes, name: str):
 
     from PIL import Image, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
+        img = Image.open(io.BytesIO(data))  # reads the header only
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{name} is not a readable image ({type(exc).__name__}); upload a PNG or JPEG") from None
+    if img.width * img.height > MAX_IMAGE_PIXELS:
+        raise InputError(f"{name} is {img.width}×{img.height} pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels")
+    try:
+        img.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{name} is not a readable image ({type(exc).__name__}); upload a PNG or JPEG") from None
     return img

@@ -98,3 +98,10 @@ def to_display(pixel_values: torch.Tensor, mean, std) -> np.ndarray:
     )
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x
+
+
+def resize_note(image, pixel_values: torch.Tensor) -> list[str]:
+    """Say so when the model saw the image at another size than it was given."""
+    w, h = image.size
+    ph, pw = pixel_values.shape[-2:]
+    return [] if (w, h) == (pw, ph) else [f"the image was resized from {w}×{h} to {pw}×{ph} pixels for the model"]

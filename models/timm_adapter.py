@@ -9,7 +9,7 @@ import torch
 from kernels.context import TokenContext
 from models.hf_adapter import _vit_tokens
 from models.inject import _DenseMask, run_attention
-from models.loaded import Encoded, LoadedModel, ModelError, to_display
+from models.loaded import Encoded, LoadedModel, ModelError, resize_note, to_display
 
 
 def _attention_forward(self, x, attn_mask=None, is_causal=False, **_):
@@ -81,6 +81,7 @@ class TimmAdapter:
             token_ids=list(range(n_prefix + grid[0] * grid[1])),
             ctx=TokenContext.vit(grid, n_prefix=n_prefix, n_layers=lm.n_layers),
             image=to_display(pixel_values, self.mean, self.std),
+            notes=resize_note(image, pixel_values),
         )
 
     def forward(self, lm: LoadedModel, enc: Encoded) -> torch.Tensor:

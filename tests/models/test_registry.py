@@ -53,11 +53,13 @@ def test_local_timm_folder(tmp_path):
 
 def test_pickle_only_folder_is_refused(tmp_path, tokenizer):
     model = tiny_text_model("bert")
-    model.save_pretrained(tmp_path, safe_serialization=False)
-    for f in tmp_path.glob("*.safetensors"):
-        f.unlink()
-    with pytest.raises(ModelError, match="only loads safetensors"):
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle checkpoint
+    with pytest.raises(ModelError, match="only loads safetensors.*--allow-pickle"):
         load(str(tmp_path))
+    tokenizer.save_pretrained(tmp_path)
+    lm = load(str(tmp_path), allow_pickle=True)  # the user's explicit opt-in
+    assert trace(lm, text=TEXT).probs(0).shape[0] == 4
 
 
 def test_folder_without_config(tmp_path):
