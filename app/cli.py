@@ -46,6 +46,8 @@ def _friendly(exc: Exception) -> str | None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from app import cli_sweep
+
     p = argparse.ArgumentParser(prog="attnscope", description="An attention microscope for transformers.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -67,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="trace folder to write")
     s.set_defaults(func=cmd_trace)
 
+    _export_parsers(sub)
+    cli_sweep.register(sub)
+
+    s = sub.add_parser("bench", help="run a benchmark of bench/ (JSON on stdout)")
+    s.add_argument("which", choices=sorted(BENCHES), help="which benchmark")
+    s.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to the benchmark")
+    s.set_defaults(func=cmd_bench)
+
     s = sub.add_parser("app", help="serve the Streamlit app (Streamlit options and env vars apply)")
     s.add_argument("streamlit_args", nargs=argparse.REMAINDER, help="passed to `streamlit run`")
     s.set_defaults(func=cmd_app)
@@ -82,6 +92,9 @@ def _model_input_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--variant", default="full", help="name or name:param=value,...")
     s.add_argument(
         "--trust-remote-code", action="store_true", help="run code shipped with a hub model (off by default)"
+    )
+    s.add_argument(
+        "--allow-pickle", action="store_true", help="accept pickle weights (.bin), which can run code when loaded"
     )
 
 
@@ -105,6 +118,7 @@ def _load(args):
     return load(
         args.model,
         trust_remote_code=args.trust_remote_code,
+        allow_pickle=getattr(args, "allow_pickle", False),
         progress=lambda m: print(f"attnscope: {m}", file=sys.stderr),
     )
 
@@ -163,6 +177,93 @@ def cmd_trace(args) -> int:
     for note in tr.notes:
         print(f"attnscope: note: {note}", file=sys.stderr)
     print(f"wrote {out}/manifest.json and {out}/trace.npz ({tr.n} tokens, {tr.n_layers} layers × {tr.n_heads} heads)")
+    return 0
+
+
+def _export_parsers(sub) -> None:
+    from app.views.catalog import VIEWS
+
+    formats = ("png", "svg", "pdf", "html", "json")
+    s = sub.add_parser("export", help="trace an input and write a view as PNG, SVG, PDF or HTML, with its data")
+    _model_input_args(s)
+    s.add_argument("--view", choices=VIEWS, help="the view to export (or --all)")
+    s.add_argument("--all", action="store_true", help="every view that applies, every format, into the --out folder")
+    s.add_argument("--variant-b", help="the second variant of the compare view (default: full vs --variant)")
+    _selection_args(s)
+    s.add_argument("--format", choices=formats, help="default: the --out suffix (with --all: png, svg, pdf, html)")
+    s.add_argument("--out", required=True, help="file to write (with --all: a folder); data goes to <stem>.data/")
+    s.add_argument("--no-data", action="store_true", help="write the figure only, not the data that rebuilds it")
+    s.add_argument("--force", action="store_true", help="overwrite existing files")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("render", help="rebuild an exported figure from its saved data (no model is loaded)")
+    s.add_argument("path", metavar="DIR_OR_MANIFEST", help="a .data folder, its view.json or manifest.json, or a zip")
+    s.add_argument("--view", choices=VIEWS, help="the view to draw (required for a plain trace folder)")
+    _selection_args(s)
+    s.add_argument("--format", choices=formats, help="default: the --out suffix")
+    s.add_argument("--out", required=True, help="file to write")
+    s.add_argument("--force", action="store_true", help="overwrite an existing file")
+    s.set_defaults(func=cmd_render)
+
+
+def _selection_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--layer", type=int)
+    s.add_argument("--head", type=int)
+    s.add_argument("--query", help="query token index; for the image view also cls or row,col")
+    s.add_argument("--metric", help="metrics view: entropy, distance, sink or previous_token")
+
+
+def cmd_export(args) -> int:
+    from app import export
+    from app.views.catalog import ViewError
+
+    try:
+        selection = export.cli_selection(args)
+        inputs = read_input(args)
+        if args.view is None and not args.all:
+            raise export.ExportError("say which view to export with --view (or export every view with --all)")
+        paths = export.run_export(
+            lambda: _load(args), inputs, variant=args.variant, variant_b=args.variant_b, view=args.view,
+            selection=selection, out=args.out, fmt=args.format, all_views=args.all, force=args.force,
+            with_data=not args.no_data, say=lambda m: print(f"attnscope: {m}", file=sys.stderr),
+        )
+    except (export.ExportError, ViewError) as exc:
+        raise CliError(str(exc)) from None
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_render(args) -> int:
+    from app import export
+    from app.views.catalog import ViewError
+
+    try:
+        out = export.render(args.path, args.out, args.format, view=args.view, selection=export.cli_selection(args),
+                            force=args.force)
+    except (export.ExportError, ViewError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"wrote {out}")
+    return 0
+
+
+BENCHES = {
+    "load": ("bench.bench_load", []),  # preset load and trace times
+    "model": ("bench.bench_cpu", ["model"]),  # smollm2 trace vs eager vs SDPA: time and peak RSS
+    "variants": ("bench.bench_cpu", ["variants"]),  # attention time of every variant vs SDPA
+    "render": ("bench.bench_render", []),  # app re-render time
+    "qk": ("bench.bench_qk_embed", []),  # UMAP/PCA on 20 000 points
+    "export": ("bench.bench_export", []),  # every view in every format
+    "triton": ("bench.bench_triton", []),  # GPU kernels vs SDPA flash and FlexAttention
+}
+
+
+def cmd_bench(args) -> int:
+    import runpy
+
+    module, extra = BENCHES[args.which]
+    sys.argv = [module, *extra, *args.bench_args]
+    runpy.run_module(module, run_name="__main__")
     return 0
 
 

@@ -8,6 +8,7 @@ import streamlit as st
 
 from analysis.compare import compare
 from app import session
+from app.export_buttons import download_buttons
 from app.views.compare_view import METRICS, output_figure, per_head, side_by_side
 
 st.header("Compare")
@@ -31,6 +32,7 @@ if a is not None and b is not None:
         st.stop()
     layer, head = session.pick_layer_head(a, page="compare")
     st.plotly_chart(side_by_side(a, b, layer, head), key="cmp_maps")
+    download_buttons(None, (a, b), "compare", selection={"layer": layer, "head": head})
     left, right = st.columns(2)
     with left:
         which = st.radio("Per-head change", list(METRICS), format_func=METRICS.get, horizontal=True, key="cmp_which")

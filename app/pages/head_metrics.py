@@ -7,6 +7,7 @@ import streamlit as st
 
 from analysis.head_metrics import METRICS, trace_head_metrics
 from app import session
+from app.export_buttons import download_buttons
 from app.views.quality_view import head_heatmap
 
 st.header("Head metrics")
@@ -28,6 +29,7 @@ if tr is not None:
         with cols[i % 2]:
             st.plotly_chart(head_heatmap(values, what=name, heading=f"{tr.model_id} · {tr.variant} · {METRICS[name]}",
                                          zmin=0 if name != "entropy" else None), key=f"hm_{name}")
+            download_buttons(None, tr, "metrics", selection={"metric": name})
     if tr.kind != "vit":
         with st.spinner("Induction scores: a random sequence repeated twice…"):
             try:

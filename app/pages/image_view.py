@@ -6,6 +6,7 @@ import streamlit as st
 
 from analysis.rollout import REDUCTIONS, RESIDUAL
 from app import session
+from app.export_buttons import download_buttons
 from app.views.image_view import attention_overlay, cell_at, rollout_overlay
 
 CHARTS = ("image_attn", "image_rollout")
@@ -72,6 +73,7 @@ except ValueError as exc:
     st.stop()
 st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="image_attn")
 st.download_button("Figure (HTML)", lambda: fig.to_html(include_plotlyjs=True), f"image_L{layer}.html")
+download_buttons(fig, tr, "image", selection={"layer": layer, "query": query, "per_head": per_head, "opacity": opacity})
 
 st.subheader("Attention rollout")
 st.caption("Abnar & Zuidema (2020): each layer's attention, reduced over heads, plus the identity for the residual "
@@ -84,5 +86,7 @@ reduce = r2.selectbox("Heads reduced by", list(REDUCTIONS), key="image_reduce")
 try:
     st.plotly_chart(rollout_overlay(tr, query, residual=residual, reduce=reduce, opacity=opacity),
                     on_select="rerun", selection_mode="points", key="image_rollout")
+    download_buttons(None, tr, "image", selection={"mode": "rollout", "query": query, "residual": residual,
+                                                   "reduce": reduce, "opacity": opacity}, key="image_rollout")
 except ValueError as exc:
     session.show_error(exc)

@@ -8,6 +8,7 @@ import streamlit as st
 from analysis.context import context_of
 from analysis.mask_stats import bias_matrix, block_sparsity, mask_matrix, sparsity
 from app import session
+from app.export_buttons import download_buttons
 from app.views.mask_view import grid_figure, mask_figure
 from kernels.context import TokenContext
 from kernels.variants import VariantError, parse_variant
@@ -45,6 +46,8 @@ bias_h = None if bias is None else bias[head]
 content = variant.row_mask is not None or variant.row_probs is not None or variant.attend is not None
 with right:
     st.plotly_chart(mask_figure(keep_h, bias_h, spec, tokens), key="lab_mask")
+    download_buttons(lambda: mask_figure(keep_h, bias_h, spec, tokens), tr if source == "the current input" else None,
+                     "mask", selection={"variant": spec, "head": int(head)})
     if content:
         st.info(f"{variant.name} decides per input (its scores, a calibration or an approximation): the matrix "
                 "shows its fixed part only. The Compare page shows what it actually kept on this input.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import session
+from app.export_buttons import download_buttons
 from app.views.head_view import token_labels
 from app.views.neuron_view import MAX_KEYS, neuron_figure
 
@@ -33,3 +34,5 @@ if tr is not None:
     else:
         st.plotly_chart(fig, key="neuron_fig")
         st.download_button("Figure (HTML)", lambda: fig.to_html(include_plotlyjs=True), f"neuron_L{layer}_H{head}.html")
+        download_buttons(fig, tr, "neuron", selection={"layer": layer, "head": head, "query": int(query),
+                                                        "max_keys": max_keys})

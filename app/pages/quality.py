@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import session
+from app.export_buttons import download_buttons
 from app.views.quality_view import damage_heatmap, tradeoff_figure
 
 st.header("Quality lens")
@@ -37,6 +38,7 @@ if req is not None and req[0] == sel.model_id:
         st.stop()
     rows = result.rows
     st.plotly_chart(tradeoff_figure(rows), key="q_curve")
+    download_buttons(lambda: tradeoff_figure(rows), rows, "quality", selection={"model": sel.model_id})
     st.dataframe(rows, hide_index=True)
     names = [r["variant"] for r in rows]
     pick = st.selectbox("Per-head damage of", names, key="q_pick")
