@@ -100,10 +100,10 @@ def _model_input_args(s: argparse.ArgumentParser) -> None:
 
 def read_input(args) -> dict:
     """--text / --text-file / --image → keyword arguments for the tracer."""
-    from models.inputs import read_image, read_text_file
+    from models.inputs import check_text, read_image, read_text_file
 
     if args.text is not None:
-        return {"text": args.text}
+        return {"text": check_text(args.text, "--text")}
     if args.text_file is not None:
         return {"text": read_text_file(Path(args.text_file))}
     image, name = read_image(Path(args.image))

@@ -19,6 +19,15 @@ def read_text_file(path: Path) -> str:
     return decode_text(data, str(path))
 
 
+def check_text(text: str, name: str = "the text") -> str:
+    """A str that cannot be UTF-8 (lone surrogates: how Python hands over undecodable argv bytes) is refused."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{name} is not valid UTF-8 (bad character at {exc.start}); give UTF-8 text") from None
+    return text
+
+
 def decode_text(data: bytes, name: str) -> str:
     try:
         return data.decode("utf-8-sig")

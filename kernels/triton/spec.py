@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels.context import TokenContext
+from kernels.variants import score_mods
 from kernels.variants.base import Variant
 
 LOG2E = 1.4426950408889634
@@ -148,12 +149,10 @@ def _star(v, values, ctx):
 
 
 def retention_log_gamma(a: float, b: float, n_heads: int):
-    """H -> log γ_h = log(1 − 2^(−a − b·h/n_heads)) for h = 0..H−1, float64 (RetNet's schedule; n_heads
-    is the context's head count, as in the variant's own score_mod)."""
+    """H -> log γ_h for h = 0..H−1, float64: the variant's own schedule (n_heads is the context's count)."""
 
     def coef(heads: int) -> torch.Tensor:
-        h = torch.arange(heads, dtype=torch.float64)
-        return torch.log1p(-torch.exp2(-(a + b * h / n_heads)))
+        return score_mods.retention_log_gamma(torch.arange(heads, dtype=torch.float64), a, b, n_heads)
 
     return coef
 
@@ -170,12 +169,12 @@ def _manhattan(v, values, ctx):
 def _gaussian(v, values, ctx):
     sigmas, log_weights, lam = v.mixture, v.log_weights, values["lam"]
     if len(sigmas) == 1 and log_weights[0] == 0.0:
-        coef = -lam / (2 * sigmas[0] ** 2)
+        coef = score_mods.gaussian_coefficient(sigmas[0], lam)
         same_for_all = lambda heads: torch.full((heads,), coef, dtype=torch.float64)  # noqa: E731
         return KernelSpec("", bias=BIAS_GAUSSIAN, head_coef=same_for_all, uses_grid=True)
     rows, cols = ctx.grid
     d2 = torch.arange((rows - 1) ** 2 + (cols - 1) ** 2 + 1, dtype=torch.float64)
-    terms = torch.stack([lw - lam * d2 / (2 * s * s) for s, lw in zip(sigmas, log_weights)])
+    terms = torch.stack([lw + score_mods.gaussian_coefficient(s, lam) * d2 for s, lw in zip(sigmas, log_weights)])
     return KernelSpec("", bias=BIAS_D2TABLE, d2_table=torch.logsumexp(terms, dim=0), uses_grid=True)
 
 

@@ -24,8 +24,11 @@ from kernels.variants.static_masks import BOTH, VIT, RuleVariant, special_pair
 
 
 def retention_log_gamma(h, a, b, n_heads):
-    """log γ_h with RetNet's per-head schedule γ_h = 1 − 2^(−a − b·h/H)."""
-    return torch.log1p(-torch.exp2(-(a + b * h / n_heads)))
+    """log γ_h with RetNet's per-head schedule γ_h = 1 − 2^(−a − b·h/H).
+
+    Floored at −1e4: γ → 0 (tiny a) then gives zero weight off the diagonal instead of 0·(−inf) = NaN on it.
+    """
+    return torch.log1p(-torch.exp2(-(a + b * h / n_heads))).clamp_min(-1e4)
 
 
 def decay_1d(h, q_idx, kv_idx, a, b, n_heads):
@@ -38,10 +41,15 @@ def manhattan_decay(h, r_q, c_q, r_kv, c_kv, a, b, n_heads):
     return ((r_q - r_kv).abs() + (c_q - c_kv).abs()) * retention_log_gamma(h, a, b, n_heads)
 
 
+def gaussian_coefficient(sigma, lam):
+    """−λ/(2σ²), floored at −1e4 so a vanishing σ gives zero weight off the diagonal, never 0/0 = NaN on it."""
+    return max(-lam / 2 / sigma / sigma, -1e4)  # divided twice: σ² itself may underflow to 0
+
+
 def gaussian_2d(r_q, c_q, r_kv, c_kv, sigmas, log_weights, lam):
     """log Σ_m w_m·exp(−λ·d²/(2σ_m²)), d the Euclidean grid distance; one σ gives −λ·d²/(2σ²)."""
     d2 = (r_q - r_kv) ** 2 + (c_q - c_kv) ** 2
-    terms = [log_w - lam * d2 / (2 * sigma * sigma) for sigma, log_w in zip(sigmas, log_weights)]
+    terms = [log_w + gaussian_coefficient(sigma, lam) * d2 for sigma, log_w in zip(sigmas, log_weights)]
     return torch.logsumexp(torch.stack(terms), dim=0)
 
 
@@ -125,6 +133,7 @@ class Gaussian2D(ScoreMod):
     name = "gaussian_2d"
     applies_to = VIT
     rule = staticmethod(gaussian_2d)
+    helpers = (gaussian_coefficient,)
     on_grid = True
     params = (
         Param("sigma", float, 2.0, "width in patches", low=0, low_open=True),
