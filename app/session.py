@@ -54,7 +54,9 @@ def get_model(model_id: str):
     return load(model_id)
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
+# cache_resource, not cache_data: every rerun gets the same Trace object instead of an unpickled copy
+# (tens of MB for a few hundred tokens). Traces are never modified after they are made.
+@st.cache_resource(show_spinner=False, max_entries=32)
 def get_trace(model_id: str, input_key: str, text: str | None, image_bytes: bytes | None, image_name: str | None,
               variant: str, qk: bool = False, layers: tuple | None = None, heads: tuple | None = None):
     """Traces are cached by (model, input, variant): changing layer, head or page never re-runs the model."""
@@ -174,6 +176,14 @@ def traced(sel: Selection | None = None, *, variant: str | None = None):
     except Exception as exc:
         show_error(exc)
         return None
+
+
+def memo(trace, name: str, build):
+    """`build()` once per trace object: derived figures and comparisons survive reruns with the trace."""
+    cache = trace.__dict__.setdefault("_memo", {})
+    if name not in cache:
+        cache[name] = build()
+    return cache[name]
 
 
 def show_error(exc: Exception) -> None:

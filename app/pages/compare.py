@@ -26,7 +26,7 @@ b_sel = sel if b_model == sel.model_id else replace(sel, model_id=b_model)
 b = session.traced(b_sel, variant=b_spec) if a is not None else None
 if a is not None and b is not None:
     try:
-        cmp = compare(a, b)
+        cmp = session.memo(a, f"compare:{b.model_id}:{b.variant}:{id(b)}", lambda: compare(a, b))
     except ValueError as exc:
         st.error(str(exc))
         st.stop()

@@ -16,7 +16,8 @@ if tr is not None:
         st.caption(note)
     left, right = st.columns([1, 1])
     with left:
-        event = st.plotly_chart(model_grid(tr), on_select="rerun", selection_mode="points", key="grid")
+        grid = session.memo(tr, "model_grid", lambda: model_grid(tr))
+        event = st.plotly_chart(grid, on_select="rerun", selection_mode="points", key="grid")
         download_buttons(None, tr, "model")
         points = event.get("selection", {}).get("points", []) if event else []
         picked = cell_at(points[0]) if points else None
