@@ -7,6 +7,7 @@ Shapes: q (B, H, N, D); k, v (B, H, Nk, D) with heads already expanded for GQA.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -145,17 +146,12 @@ def attention(
     lse = q.new_empty(B, H, N, dtype=torch.float32)
     empty = torch.zeros(B, H, N, dtype=torch.bool, device=q.device)
     probs = q.new_zeros(B, H, N, Nk, dtype=torch.float32) if want_probs else None
+    plan_key = _plan_key(variant, dctx, model_mask, B, N, Nk, chunk, q.device)
     for q0 in range(0, N, chunk):
         q1 = min(N, q0 + chunk)
-        hi = q1 if causal else Nk
-        keep = allowed(q0, q1, hi)
-        if keep is not None and causal:
-            keep = keep & _causal_block(q0, q1, hi, q.device)
-        cols = _used_keys(keep, hi) if may_skip else None
-        if cols is None:
-            cols = slice(0, hi)
-        elif keep is not None:
-            keep = keep[..., cols]
+        keep, cols = _chunk_keys(plan_key, q0, lambda q0=q0, q1=q1: _keys_of_chunk(allowed, q0, q1, Nk, causal,
+                                                                                      may_skip, q.device))
+        hi = cols.stop if isinstance(cols, slice) else Nk
         s = torch.matmul(qs[:, :, q0:q1], kf[:, :, cols].transpose(-1, -2))  # (B, H, c, |cols|)
         if score_mod is not None:
             b, h, qi, kj = index_grid(B, H, q0, q1, hi, q.device)
@@ -188,6 +184,48 @@ def attention(
                         wide = _widen(p, cols, Nk, 0.0), _widen(s, cols, Nk, float("-inf"))
                     sink(q0, q1, *wide)
     return AttnOut(out=out, lse=lse, empty=empty, probs=probs)
+
+
+def _keys_of_chunk(allowed, q0: int, q1: int, nk: int, causal: bool, may_skip: bool, device):
+    """(keep mask over the chosen keys or None, the keys: a slice or an index tensor) for rows q0..q1."""
+    hi = q1 if causal else nk
+    keep = allowed(q0, q1, hi)
+    if keep is not None and causal:
+        keep = keep & _causal_block(q0, q1, hi, device)
+    cols = _used_keys(keep, hi) if may_skip else None
+    if cols is None:
+        return keep, slice(0, hi)
+    return (None if keep is None else keep[..., cols]), cols
+
+
+# The static part of a chunk's mask is the same in every layer of one forward pass: it is worked
+# out once and reused (30 layers of SmolLM2 evaluate a mask rule once, not 30 times).
+_PLANS: OrderedDict = OrderedDict()
+
+
+def _plan_key(variant, ctx, model_mask, batch, n, nk, chunk, device):
+    if model_mask is not None and not getattr(model_mask, "redundant_for", lambda c: False)(ctx):
+        return None  # padding and other input masks are not cached
+    if variant.row_mask is not None or getattr(variant, "mask_depends_on_layer", False):
+        return None
+    ident = (variant, ctx.special)  # held, and compared by identity: a recycled id() never matches
+    return ident, (id(variant), id(ctx.special), ctx.n, ctx.kind, ctx.grid, ctx.n_heads, batch, n, nk, chunk,
+                   str(device))
+
+
+def _chunk_keys(key, q0: int, compute):
+    if key is None:
+        return compute()
+    ident, k = key
+    held = _PLANS.get(k)
+    if held is None or held[0][0] is not ident[0] or held[0][1] is not ident[1]:
+        held = _PLANS[k] = (ident, {})
+        while len(_PLANS) > 4:
+            _PLANS.popitem(last=False)
+    plan = held[1]
+    if q0 not in plan:
+        plan[q0] = compute()
+    return plan[q0]
 
 
 def _softmax_lse(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

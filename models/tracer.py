@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from kernels.variants import parse_variant
 from models.calibrate import calibrate, default_calibration
 from models.inject import CallPlan, plan
+from models.inputs import check_text
 from models.loaded import InputError, LoadedModel
 from models.memory import GB, budget_bytes, estimate_bytes
 from models.recorder import DENSE_LIMIT, Recorder
@@ -21,7 +22,7 @@ def encode(lm: LoadedModel, *, text: str | None = None, image=None, max_tokens: 
         raise InputError("give exactly one input: a text or an image")
     if image is not None:
         return lm.encode_image(image)
-    enc = lm.encode_text(text)
+    enc = lm.encode_text(check_text(text))
     n, limit = len(enc.tokens), lm.max_tokens
     if max_tokens is not None:
         limit = max_tokens if limit is None else min(limit, max_tokens)

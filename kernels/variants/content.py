@@ -507,6 +507,7 @@ class DAM(Variant):
     in a causal model); a longer one is refused. Calibration is refused above DAM_MAX_N tokens.
     """
 
+    mask_depends_on_layer = True  # one calibrated mask per layer
     name = "dam"
     family = "content"
     applies_to = frozenset({"causal"})

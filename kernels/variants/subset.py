@@ -28,6 +28,7 @@ class HeadSubset(Variant):
         self.name = inner.name
         self.applies_to = inner.applies_to
         self.needs_calibration = getattr(inner, "needs_calibration", False)
+        self.mask_depends_on_layer = getattr(inner, "mask_depends_on_layer", False)
         self.row_mask = self._row_mask if inner.row_mask is not None else None
         self.row_probs = self._row_probs if inner.row_probs is not None else None
         self.attend = self._attend if inner.attend is not None else None
