@@ -32,6 +32,7 @@ class Selection:
     variant: str
     layers: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
+    truncate: bool = False  # cut a text longer than the model takes (the trace notes how many tokens went)
 
     @property
     def key(self) -> str:
@@ -47,7 +48,10 @@ class Selection:
         return replace(self, variant=variant)
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
+MODEL_CACHE = int(os.environ.get("ATTNSCOPE_MODEL_CACHE", "4"))  # models kept loaded (least recently used go)
+
+
+@st.cache_resource(show_spinner=False, max_entries=MODEL_CACHE)
 def get_model(model_id: str):
     from models.registry import load
 
@@ -58,7 +62,8 @@ def get_model(model_id: str):
 # (tens of MB for a few hundred tokens). Traces are never modified after they are made.
 @st.cache_resource(show_spinner=False, max_entries=32)
 def get_trace(model_id: str, input_key: str, text: str | None, image_bytes: bytes | None, image_name: str | None,
-              variant: str, qk: bool = False, layers: tuple | None = None, heads: tuple | None = None):
+              variant: str, qk: bool = False, layers: tuple | None = None, heads: tuple | None = None,
+              truncate: bool = False):
     """Traces are cached by (model, input, variant): changing layer, head or page never re-runs the model."""
     from models.inputs import open_image
     from models.tracer import trace
@@ -66,6 +71,7 @@ def get_trace(model_id: str, input_key: str, text: str | None, image_bytes: byte
     lm = get_model(model_id)
     image = open_image(image_bytes, image_name or "upload") if image_bytes is not None else None
     return trace(lm, text=text, image=image, image_name=image_name, variant=variant, qk=qk,
+                 max_tokens=lm.max_tokens if truncate and text is not None else None,
                  layers=list(layers) if layers is not None else None,
                  heads=list(heads) if heads is not None else None)
 
@@ -84,6 +90,7 @@ def sidebar() -> Selection:
     model_id = sb.text_input("Model id or local folder", "", key="model_id") if choice == CUSTOM else choice
     kind = PRESETS[choice].kind if choice in PRESETS else (_kind_of(model_id) if model_id else None)
     text = image_bytes = image_name = None
+    truncate = False
     if kind == "vit":
         upload = sb.file_uploader("Image", type=["png", "jpg", "jpeg", "bmp", "gif", "webp"], key="upload",
                                   max_upload_size=MAX_UPLOAD_MB)
@@ -95,13 +102,15 @@ def sidebar() -> Selection:
     elif kind is not None:
         example = sb.selectbox("Example text", list(examples.TEXT_EXAMPLES), key="text_example")
         text = sb.text_area("Text", examples.TEXT_EXAMPLES[example], height=140, key=f"text_{example}")
+        truncate = sb.checkbox("Truncate to the model's maximum length", key="truncate",
+                               help="a longer text is cut at the end; the page says how many tokens were dropped")
     variant = variant_picker(sb, kind, key="variant")
     layers = heads = None
     with sb.expander("Apply the variant to some layers/heads only"):
         layers = _indices(st.text_input("Layers (e.g. 0,1,5; empty = all)", key="layers"), "layers")
         heads = _indices(st.text_input("Heads (empty = all)", key="heads"), "heads")
     return Selection(model_id=model_id, kind=kind, text=text, image_bytes=image_bytes, image_name=image_name,
-                     variant=variant, layers=layers, heads=heads)
+                     variant=variant, layers=layers, heads=heads, truncate=truncate)
 
 
 def variant_picker(where, kind: str | None, key: str, label: str = "Variant") -> str:
@@ -172,7 +181,7 @@ def traced(sel: Selection | None = None, *, variant: str | None = None):
             get_model(sel.model_id)
         with st.spinner(f"Tracing {sel.model_id} with {variant}…"):
             return get_trace(sel.model_id, sel.key, sel.text, sel.image_bytes, sel.image_name, variant, True,
-                             sel.layers, sel.heads)
+                             sel.layers, sel.heads, sel.truncate)
     except Exception as exc:
         show_error(exc)
         return None

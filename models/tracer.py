@@ -28,8 +28,8 @@ def encode(lm: LoadedModel, *, text: str | None = None, image=None, max_tokens: 
         limit = max_tokens if limit is None else min(limit, max_tokens)
     elif limit is not None and n > limit:
         raise InputError(
-            f"the text has {n} tokens but {lm.model_id} takes at most {limit}; shorten it or truncate it "
-            f"(--max-tokens {limit} on the command line drops the last {n - limit} tokens)"
+            f"the text has {n} tokens but {lm.model_id} takes at most {limit}; shorten it, or truncate it and drop "
+            f"the last {n - limit} tokens (--max-tokens {limit} on the command line, 'Truncate' in the app sidebar)"
         )
     return enc.truncated(limit) if limit is not None else enc
 

@@ -108,3 +108,15 @@ def test_bad_variant_parameter_is_one_error(preset):
     assert not at.exception
     assert [e.value for e in at.sidebar.error] == ["sliding_window: w=-5 out of range; expected an int in [0, inf]"]
     assert at.session_state["selection"].variant == "full"  # nothing ran with the bad value
+
+
+@pytest.mark.parametrize("preset", ["minilm"], indirect=True)
+def test_long_text_is_refused_then_truncated_on_request(preset):
+    long_text = " ".join(["word"] * 700)  # minilm takes 512 tokens
+    at = open_page("pages/model_view.py", preset, text_Sentence=long_text)
+    assert not at.exception
+    assert len(at.error) == 1 and "takes at most 512" in at.error[0].value and "Truncate" in at.error[0].value
+    at = open_page("pages/model_view.py", preset, text_Sentence=long_text, truncate=True)
+    ok(at)
+    assert any("190 dropped" in c.value for c in at.caption)
+    assert len(charts(at)) >= 2

@@ -81,3 +81,13 @@ def test_gguf_file_by_path_uses_the_dequantized_cache(smollm):
     lm = load(str(path), progress=messages.append)
     assert lm.kind == "causal" and lm.n_layers == 30
     assert any("cache" in m for m in messages)  # the preset fixture already dequantized it once
+
+
+def test_model_without_attention_layers_is_refused():
+    import transformers as tf
+
+    from models import hf_adapter
+
+    cfg = tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1], num_channels=3)
+    with pytest.raises(ModelError, match="no attention layers"):
+        hf_adapter.wrap(tf.ResNetModel(cfg).eval(), "tiny-resnet", "test")
