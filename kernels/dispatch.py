@@ -66,6 +66,8 @@ def _triton(q, k, v, scale, ctx, variant, model_mask, sinks) -> AttnOut | None:
 def _sdpa(q, k, v, scale, ctx, model_mask) -> AttnOut:
     B, H, N, _ = q.shape
     self_attn = N == k.shape[2]
+    if model_mask is not None and getattr(model_mask, "redundant_for", lambda c: False)(ctx):
+        model_mask = None  # plain causal: is_causal keeps SDPA on its fused path, with no N×N mask
     mask = None if model_mask is None else model_mask.rows(0, N)
     causal = ctx.causal and self_attn and mask is None
     if mask is not None and ctx.causal and self_attn:
