@@ -79,3 +79,14 @@ def test_console_script_exits_nonzero_with_one_line(tmp_path):
     )
     assert proc.returncode == 1
     one_error_line(proc.stderr)
+
+
+def test_trust_remote_code_warns(tmp_path, capsys, tokenizer):
+    from tiny import tiny_text_model
+
+    tiny_text_model("gpt2").save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    code, _, err = run(capsys, "trace", "--model", str(tmp_path / "m"), "--text", "hello", "--trust-remote-code",
+                       "--out", str(tmp_path / "d"))
+    assert code == 0
+    assert "attnscope: warning: --trust-remote-code runs code downloaded with the model" in err

@@ -120,3 +120,15 @@ def test_long_text_is_refused_then_truncated_on_request(preset):
     ok(at)
     assert any("190 dropped" in c.value for c in at.caption)
     assert len(charts(at)) >= 2
+
+
+def test_unknown_model_id_in_the_app_is_one_error():
+    from app.session import CUSTOM
+
+    at = AppTest.from_file(MAIN, default_timeout=600)
+    at.session_state["model"] = CUSTOM
+    at.session_state["model_id"] = "no-such-org/no-such-model"
+    at.run()
+    assert not at.exception
+    errors = [e.value for e in at.error] + [e.value for e in at.sidebar.error]
+    assert len(errors) == 1 and "not in the local Hugging Face cache" in errors[0]
