@@ -132,3 +132,13 @@ def test_unknown_model_id_in_the_app_is_one_error():
     assert not at.exception
     errors = [e.value for e in at.error] + [e.value for e in at.sidebar.error]
     assert len(errors) == 1 and "not in the local Hugging Face cache" in errors[0]
+
+
+def test_image_upload_is_limited_in_type_and_size(digits_vit):
+    """The browser refuses other types and files over 20 MB before they reach the server."""
+    at = AppTest.from_file(MAIN, default_timeout=600)
+    at.session_state["model"] = "digits-vit"
+    at.run()
+    uploader = at.sidebar.get("file_uploader")[0].proto
+    assert list(uploader.type) == [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"]
+    assert uploader.max_upload_size_mb == 20
