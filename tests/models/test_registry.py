@@ -91,3 +91,15 @@ def test_model_without_attention_layers_is_refused():
     cfg = tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1], num_channels=3)
     with pytest.raises(ModelError, match="no attention layers"):
         hf_adapter.wrap(tf.ResNetModel(cfg).eval(), "tiny-resnet", "test")
+
+
+def test_unknown_id_with_the_hub_reachable_says_not_found(monkeypatch):
+    """Online, a missing repository is a plain 'not found' (offline it says how to download; see test_cli)."""
+    from huggingface_hub import constants
+
+    from models.registry import _not_found
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    msg = _not_found("no-such-org/no-such-model", OSError("404 Client Error. Repository Not Found for url"))
+    assert msg.startswith("model 'no-such-org/no-such-model' was not found as a preset, local folder or hub id")
+    assert "\n" not in msg
