@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-from streamlit.testing.v1 import AppTest
+from apptest import ok, open_page
 
 from analysis import qk_embed as qe
 from app.views import qk_view
@@ -64,25 +64,11 @@ def test_point_at_and_matrix_and_rows():
     assert len(qk_view.map_change(row).data) == 2
 
 
-MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
-
-
-def page(model: str, variant: str | None = None, **state) -> AppTest:
-    """The app with `model` (and a variant) picked in the sidebar, on the explorer page, ten inputs."""
-    at = AppTest.from_file(MAIN, default_timeout=300)
-    at.session_state["model"] = model
+def page(model: str, variant: str | None = None, **state):
+    """The explorer with `model` (and a variant) picked in the sidebar, ten inputs."""
     if variant is not None:
-        at.session_state["variant_name"] = variant
-    at.session_state["qk_n"] = 10  # ten inputs keep it quick
-    for k, v in state.items():
-        at.session_state[k] = v
-    at.run()
-    return at.switch_page("pages/qk_explorer.py").run()
-
-
-def ok(at):
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
+        state["variant_name"] = variant
+    return open_page("pages/qk_explorer.py", model, qk_n=10, **state)  # ten inputs keep it quick
 
 
 @pytest.mark.slow

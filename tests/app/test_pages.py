@@ -1,39 +1,14 @@
-"""Every page under Streamlit's AppTest, offline, with each preset picked in the sidebar.
-
-AppTest re-runs only the page script after the first run, so the sidebar's choices are set
-in session state before it (the end-to-end test drives the real sidebar in Chromium).
-"""
+"""Every page under Streamlit's AppTest, offline, with each preset picked in the sidebar."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from apptest import MAIN, charts, ok, open_page
 from streamlit.testing.v1 import AppTest
 
-MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 PRESET_FIXTURE = {"minilm": "minilm", "smollm2-135m": "smollm", "digits-vit": "digits_vit"}
-
-
-def open_page(page: str, model: str, **state) -> AppTest:
-    at = AppTest.from_file(MAIN, default_timeout=600)
-    at.session_state["model"] = model
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.run()
-    return at.switch_page(page).run()
-
-
-def ok(at) -> None:
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-
-
-def charts(at) -> list:
-    return at.get("plotly_chart")
-
-
 MODELS = ["minilm", pytest.param("smollm2-135m", marks=pytest.mark.slow), "digits-vit"]
 
 

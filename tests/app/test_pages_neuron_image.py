@@ -3,29 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
-
-MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
-
-
-def open_page(page: str, model: str) -> AppTest:
-    """The app with `model` picked in the sidebar, switched to `page` (AppTest needs one run before a switch)."""
-    at = AppTest.from_file(MAIN, default_timeout=300)
-    at.session_state["model"] = model
-    at.run()
-    return at.switch_page(page).run()
-
-
-def ok(at) -> None:
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-
-
-def charts(at) -> list:
-    return at.get("plotly_chart")
+from apptest import charts, ok, open_page
 
 
 def spec(chart) -> dict:
