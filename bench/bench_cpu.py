@@ -117,7 +117,7 @@ def timed(fn, repeats: int = 3) -> float:
     return best
 
 
-def run_variant_bench(sizes=(1024, 4096), flex_for=("full", "sliding_window", "decay_1d")) -> dict:
+def run_variant_bench(sizes=(1024, 4096), flex_for=("full", "sliding_window", "decay_1d"), only=None) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -137,6 +137,8 @@ def run_variant_bench(sizes=(1024, 4096), flex_for=("full", "sliding_window", "d
             causal = kind == "causal"
             dense = timed(partial(F.scaled_dot_product_attention, q, k, v, is_causal=causal, scale=scale))
             for cls in all_variants():
+                if only and cls.name not in only:
+                    continue
                 spec = {"sliding_window": "sliding_window:w=256", "head_ablation": "head_ablation:heads=0.1",
                         "dam": None, "top_theta": None}.get(cls.name, cls.name)
                 if spec is None:  # needs a calibration pass over a model; measured through traces instead
@@ -177,6 +179,7 @@ def main() -> None:
     ap.add_argument("what", choices=["model", "variants", "_case"])
     ap.add_argument("args", nargs="*")
     ap.add_argument("--sizes", help="comma-separated N values")
+    ap.add_argument("--only", help="comma-separated variant names (variants benchmark)")
     a = ap.parse_args()
     sizes = tuple(int(x) for x in a.sizes.split(",")) if a.sizes else None
     if a.what == "_case":
@@ -184,7 +187,8 @@ def main() -> None:
     elif a.what == "model":
         print(json.dumps(run_model_bench(sizes or SIZES), indent=1))
     else:
-        print(json.dumps(run_variant_bench(sizes or (1024, 4096)), indent=1))
+        only = set(a.only.split(",")) if a.only else None
+        print(json.dumps(run_variant_bench(sizes or (1024, 4096), only=only), indent=1))
 
 
 if __name__ == "__main__":
