@@ -73,6 +73,16 @@ class ScoreMod(RuleVariant):
         return FlexSource(functions=(*self.helpers, self.rule), bias=self.rule_source(ctx_kind))
 
 
+class RetentionDecay(ScoreMod):
+    """A distance times RetNet's per-head log γ_h (decay_1d, manhattan_decay)."""
+
+    helpers = (retention_log_gamma,)
+    per_head = True
+
+    def rule_kwargs(self, values, sizes):
+        return {"a": values["a"], "b": values["b"], "n_heads": sizes.n_heads}
+
+
 def _retention_params(a: float, b: float) -> tuple[Param, ...]:
     return (
         Param("a", float, a, "γ_h = 1 − 2^(−a − b·h/H): decay exponent of head 0", low=0, low_open=True),
@@ -81,7 +91,7 @@ def _retention_params(a: float, b: float) -> tuple[Param, ...]:
 
 
 @register
-class Decay1D(ScoreMod):
+class Decay1D(RetentionDecay):
     """RetNet's retention decay as a bias: s + |i−j|·log γ_h, γ_h = 1 − 2^(−a − b·h/H).
 
     Sun et al., 2023, "Retentive Network: A Successor to Transformer for Large Language Models",
@@ -91,16 +101,11 @@ class Decay1D(ScoreMod):
     name = "decay_1d"
     applies_to = BOTH
     rule = staticmethod(decay_1d)
-    helpers = (retention_log_gamma,)
-    per_head = True
     params = _retention_params(5.0, 3.0)
-
-    def rule_kwargs(self, values, sizes):
-        return {"a": values["a"], "b": values["b"], "n_heads": sizes.n_heads}
 
 
 @register
-class ManhattanDecay(ScoreMod):
+class ManhattanDecay(RetentionDecay):
     """RMT's Manhattan self-attention: s + (|r_i−r_j| + |c_i−c_j|)·log γ_h, RetNet's γ_h schedule.
 
     Fan et al., 2023, "RMT: Retentive Networks Meet Vision Transformers", arXiv:2309.11523.
@@ -110,13 +115,8 @@ class ManhattanDecay(ScoreMod):
     name = "manhattan_decay"
     applies_to = VIT
     rule = staticmethod(manhattan_decay)
-    helpers = (retention_log_gamma,)
     on_grid = True
-    per_head = True
     params = _retention_params(2.0, 5.0)
-
-    def rule_kwargs(self, values, sizes):
-        return {"a": values["a"], "b": values["b"], "n_heads": sizes.n_heads}
 
 
 @register
