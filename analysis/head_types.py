@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from kernels.context import TokenContext
+from kernels.maps import token_distance
 from models.calibrate import default_calibration
 from models.inject import FULL, CallPlan, plan
 from models.loaded import Encoded, InputError, LoadedModel
@@ -87,7 +88,7 @@ def sequence_distances(n: int, causal: bool, excluded: np.ndarray | None = None)
     """|i−j| and the keys that count: causal j ≤ i; never an `excluded` key (default: the first token,
     the usual attention sink, so that a sink head is not mistaken for a global one)."""
     pos = np.arange(n)
-    dist = np.abs(pos[:, None] - pos[None, :]).astype(np.float64)
+    dist = _distances(TokenContext.sequence(n, causal=causal))
     allowed = pos[None, :] <= pos[:, None] if causal else np.ones((n, n), dtype=bool)
     if excluded is None:
         excluded = pos == 0
@@ -96,10 +97,14 @@ def sequence_distances(n: int, causal: bool, excluded: np.ndarray | None = None)
 
 def grid_distances(ctx: TokenContext) -> tuple[np.ndarray, np.ndarray]:
     """Euclidean grid distances between patches; special tokens (CLS, registers) take no part."""
-    r, c = ctx.row.numpy().astype(np.float64), ctx.col.numpy().astype(np.float64)
-    dist = np.hypot(r[:, None] - r[None, :], c[:, None] - c[None, :])
     patch = ~ctx.special.numpy()
-    return dist, patch[:, None] & patch[None, :]
+    return _distances(ctx), patch[:, None] & patch[None, :]
+
+
+def _distances(ctx: TokenContext) -> np.ndarray:
+    """(N, N) the row statistics' own distance (kernels.maps.token_distance), as float64."""
+    idx = torch.arange(ctx.n)
+    return token_distance(ctx, idx[:, None], idx[None, :]).double().numpy()
 
 
 # ---------------------------------------------------------------------------------------------
