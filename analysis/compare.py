@@ -39,9 +39,9 @@ def row_divergences(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _maps(trace, layer: int) -> np.ndarray:
-    if f"L{layer}_probs" in trace.arrays:
-        return trace.arrays[f"L{layer}_probs"]
-    pooled = trace.arrays[f"L{layer}_pooled"]  # long input: rows of tile means, renormalised
+    if trace.dense:
+        return trace.attention(layer)
+    pooled = trace.pooled(layer)  # long input: rows of tile means, renormalised
     return pooled / np.maximum(pooled.sum(-1, keepdims=True), EPS)
 
 

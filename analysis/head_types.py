@@ -32,6 +32,7 @@ from models.calibrate import default_calibration
 from models.inject import FULL, CallPlan, plan
 from models.loaded import Encoded, InputError, LoadedModel
 from models.recorder import Recorder
+from models.trace import array_key
 
 SCORES = ("previous_token", "induction", "sink", "distance")
 # ranking keys: (score, sign); local heads are the ones with the smallest distance
@@ -147,7 +148,7 @@ def attention_probs(lm: LoadedModel, enc: Encoded) -> list[np.ndarray]:
     rec = Recorder(dense_limit=max(enc.ctx.n, 1))
     with plan(CallPlan(FULL, enc.ctx, recorder=rec)):
         lm.forward(enc)
-    return [rec.arrays[f"L{layer}_probs"] for layer in range(lm.n_layers)]
+    return [rec.arrays[array_key(layer, "probs")] for layer in range(lm.n_layers)]
 
 
 # ---------------------------------------------------------------------------------------------

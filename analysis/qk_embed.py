@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.trace import array_key
+
 CORPUS = Path(__file__).resolve().parent / "data" / "sentences.txt"
 METHODS = ("pca", "tsne", "umap")
 FIELDS = ("role", "position", "token_kind", "norm", "input")  # what a point can be coloured by
@@ -107,9 +109,9 @@ def collect(lm, inputs: Sequence, layer: int, *, names: Sequence[str] | None = N
     qs, ks, probs, tokens, kinds, context, which, pos = [], [], [], [], [], [], [], []
     for i, x in enumerate(inputs):
         enc, arrays = record_layer(lm, x, layer)
-        qs.append(arrays[f"L{layer}_q"])
-        ks.append(arrays[f"L{layer}_k"])
-        probs.append(arrays.get(f"L{layer}_probs"))
+        qs.append(arrays[array_key(layer, "q")])
+        ks.append(arrays[array_key(layer, "k")])
+        probs.append(arrays.get(array_key(layer, "probs")))
         tokens += enc.tokens
         kinds += [token_kind(t, bool(s), lm.kind) for t, s in zip(enc.tokens, enc.ctx.special.tolist())]
         context += contexts(enc.tokens, names[i] if lm.kind == "vit" else None)
@@ -131,7 +133,7 @@ class _Stop(Exception):
 
 
 def record_layer(lm, x, layer: int):
-    """(Encoded, arrays) of one input: the stock model's L{layer}_q, _k (H, N, D) and _probs (H, N, N).
+    """(Encoded, arrays) of one input: the stock model's q, k (H, N, D) and probs (H, N, N) of `layer`.
 
     The tracer's own machinery (encode, CallPlan, Recorder) with a recorder that keeps one layer
     and ends the forward pass there, so a low layer of a deep model costs a fraction of a trace.
@@ -156,7 +158,7 @@ def record_layer(lm, x, layer: int):
             lm.forward(enc)
     except _Stop:
         pass
-    if f"L{layer}_q" not in rec.arrays:
+    if array_key(layer, "q") not in rec.arrays:
         raise RuntimeError(f"{lm.model_id} never ran attention layer {layer}")
     return enc, rec.arrays
 
@@ -449,6 +451,6 @@ def variant_map(lm, qks: QKSet, input_index: int, variant: str) -> tuple[str, np
     hit = _MAPS.get(key)
     if hit is None:
         tr = trace(lm, **_arg(qks.inputs[input_index]), variant=variant, layers=[qks.layer])
-        hit = (tr.variant, tr.probs(qks.layer))
+        hit = (tr.variant, tr.attention(qks.layer))
         _MAPS.put(key, hit)
     return hit

@@ -91,7 +91,7 @@ def trace_rollout(
             f"{trace.dense_limit}, and keeps only pooled maps"
         )
     layers = range(trace.n_layers) if layers is None else sorted(layers)
-    return rollout([trace.probs(layer) for layer in layers], residual, reduce, heads)
+    return rollout([trace.attention(layer) for layer in layers], residual, reduce, heads)
 
 
 def patch_tokens(trace) -> np.ndarray:

@@ -18,14 +18,14 @@ def tile(trace, layer: int, head: int, rows: tuple[int, int], cols: tuple[int, i
         raise ValueError(f"tile rows {rows} / cols {cols} must lie within 0..{trace.n}")
     if q1 - q0 > MAX_TILE or k1 - k0 > MAX_TILE:
         raise ValueError(f"a tile is at most {MAX_TILE}×{MAX_TILE}; zoom in further")
-    if f"L{layer}_probs" in trace.arrays:  # dense trace: nothing to recompute
-        return trace.arrays[f"L{layer}_probs"][head, q0:q1, k0:k1]
-    if not trace.has_qk() or f"L{layer}_lse" not in trace.arrays:
+    if trace.dense:  # dense trace: nothing to recompute
+        return trace.attention(layer)[head, q0:q1, k0:k1]
+    if not (trace.has(layer, "q") and trace.has(layer, "lse")):
         raise ValueError("this long trace kept no q, k and LSE; trace it again with q and k (--qk) to zoom in")
     # every head of the layer, then one: a variant's rule may depend on the head index (decays)
-    q = torch.from_numpy(trace.arrays[f"L{layer}_q"])
-    k = torch.from_numpy(trace.arrays[f"L{layer}_k"])
-    lse = torch.from_numpy(trace.arrays[f"L{layer}_lse"])
+    q = torch.from_numpy(trace.q(layer))
+    k = torch.from_numpy(trace.k(layer))
+    lse = torch.from_numpy(trace.lse(layer))
     out = exact_tile(q, k, lse, rows, cols, scale=trace.scale(layer), ctx=context_of(trace, layer),
                      variant=variant_of(trace, layer))
     return out[head].numpy()

@@ -8,41 +8,28 @@ import os
 import sys
 from pathlib import Path
 
+from kernels.errors import UserError, user_message
+
 EXIT_USAGE = 2
 
 
-class CliError(Exception):
-    """An error already phrased for the user."""
+class CliError(UserError):
+    """A bad command-line argument."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Parse, run the command, and turn every error phrased for the user into one line and exit status 1."""
+    args = _parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except CliError as exc:
-        print(f"attnscope: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # every known failure has its own type; see _friendly
-        msg = _friendly(exc)
+    except Exception as exc:
+        msg = user_message(exc)
         if msg is None:
             raise
         print(f"attnscope: error: {msg}", file=sys.stderr)
         return 1
-
-
-def _friendly(exc: Exception) -> str | None:
-    from kernels.variants import VariantError
-    from models.loaded import InputError, ModelError
-    from models.trace import TraceError
-
-    if isinstance(exc, (VariantError, InputError, ModelError, TraceError)):
-        return str(exc)
-    if isinstance(exc, MemoryError):
-        return "out of memory; use a shorter input"
-    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -215,20 +202,16 @@ def _selection_args(s: argparse.ArgumentParser) -> None:
 
 def cmd_export(args) -> int:
     from app import export
-    from app.views.catalog import ViewError
 
-    try:
-        selection = export.cli_selection(args)
-        inputs = read_input(args)
-        if args.view is None and not args.all:
-            raise export.ExportError("say which view to export with --view (or export every view with --all)")
-        paths = export.run_export(
-            lambda: _load(args), inputs, variant=args.variant, variant_b=args.variant_b, view=args.view,
-            selection=selection, out=args.out, fmt=args.format, all_views=args.all, force=args.force,
-            with_data=not args.no_data, say=lambda m: print(f"attnscope: {m}", file=sys.stderr),
-        )
-    except (export.ExportError, ViewError) as exc:
-        raise CliError(str(exc)) from None
+    selection = export.cli_selection(args)
+    inputs = read_input(args)
+    if args.view is None and not args.all:
+        raise export.ExportError("say which view to export with --view (or export every view with --all)")
+    paths = export.run_export(
+        lambda: _load(args), inputs, variant=args.variant, variant_b=args.variant_b, view=args.view,
+        selection=selection, out=args.out, fmt=args.format, all_views=args.all, force=args.force,
+        with_data=not args.no_data, say=lambda m: print(f"attnscope: {m}", file=sys.stderr),
+    )
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -236,13 +219,9 @@ def cmd_export(args) -> int:
 
 def cmd_render(args) -> int:
     from app import export
-    from app.views.catalog import ViewError
 
-    try:
-        out = export.render(args.path, args.out, args.format, view=args.view, selection=export.cli_selection(args),
-                            force=args.force)
-    except (export.ExportError, ViewError) as exc:
-        raise CliError(str(exc)) from None
+    out = export.render(args.path, args.out, args.format, view=args.view, selection=export.cli_selection(args),
+                        force=args.force)
     print(f"wrote {out}")
     return 0
 

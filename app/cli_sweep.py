@@ -4,12 +4,11 @@
     attnscope heads --model M [--top K] [--json]
 
 Variants take the grid syntax of analysis/quality.py: `sliding_window:w=32|64,sinks=0|4` is four
-points. app/cli.py calls `register(subparsers)`; `main(argv)` runs these two commands alone.
+points. app/cli.py calls `register(subparsers)`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -43,23 +42,6 @@ def register(sub) -> None:
     s.add_argument("--json", action="store_true", help="print scores, types and top heads as JSON")
     s.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model")
     s.set_defaults(func=cmd_heads)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """These two commands on their own, with app/cli.py's one-line errors."""
-    from app.cli import _friendly
-
-    parser = argparse.ArgumentParser(prog="attnscope")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except Exception as exc:
-        msg = _friendly(exc)
-        if msg is None:
-            raise
-        print(f"attnscope: error: {msg}", file=sys.stderr)
-        return 1
 
 
 def _say(msg: str) -> None:
@@ -168,6 +150,3 @@ def cmd_heads(args) -> int:
         print(f"  {ranking:15} {listed}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

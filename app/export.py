@@ -33,6 +33,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from app.views.catalog import CATALOG, VIEWS, ViewError, applicable, as_data, build_view, metric_names, resolve
+from kernels.errors import UserError
 
 FORMATS = ("png", "svg", "pdf", "html")
 STATIC = ("png", "svg", "pdf")
@@ -50,7 +51,7 @@ MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "h
         "json": "application/json", "zip": "application/zip"}
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """An export that cannot be done; the message says why and what to do."""
 
 

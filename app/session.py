@@ -196,9 +196,9 @@ def memo(trace, name: str, build):
 
 
 def show_error(exc: Exception) -> None:
-    from app.cli import _friendly
+    from kernels.errors import user_message
 
-    msg = _friendly(exc)
+    msg = user_message(exc)
     st.error(msg if msg is not None else f"{type(exc).__name__}: {exc}")
 
 

@@ -13,13 +13,14 @@ import numpy as np
 import torch
 
 from kernels.context import TokenContext
+from kernels.errors import UserError
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """A model that cannot be loaded or run; the message says what to do."""
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Input the model cannot take (empty text, unreadable image...); the message says what to do."""
 
 

@@ -7,6 +7,7 @@ import torch
 
 from kernels.maps import STATS, MapsSink
 from kernels.reference import AttnOut
+from models.trace import array_key
 
 DENSE_LIMIT = 1024  # above this many tokens a trace keeps no N×N probabilities
 POOLED = 256  # side of the pooled maps kept for long inputs
@@ -34,22 +35,24 @@ class Recorder:
 
     def record(self, layer: int, res: AttnOut, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
         """Keep batch item 0 of one layer; q and k are after rotary embedding, heads expanded."""
-        put = self.arrays.__setitem__
-        put(f"L{layer}_scale", np.float32(scale))  # the model's own q·k scale, to recompute scores
+        def put(name: str, value) -> None:
+            self.arrays[array_key(layer, name)] = value
+
+        put("scale", np.float32(scale))  # the model's own q·k scale, to recompute scores
         if res.probs is not None:
-            put(f"L{layer}_probs", _np(res.probs[0]))
+            put("probs", _np(res.probs[0]))
         if res.lse is not None:  # approximations without a softmax have no log-sum-exp
-            put(f"L{layer}_lse", _np(res.lse[0]))
+            put("lse", _np(res.lse[0]))
         maps = self._maps.pop(layer, None)
         if maps is not None:
             for name in STATS:
-                put(f"L{layer}_{name}", _np(maps.stats[name][0]))
+                put(name, _np(maps.stats[name][0]))
             if maps.rows is not None:
-                put(f"L{layer}_pooled", _np(maps.pooled()[0]))
+                put("pooled", _np(maps.pooled()[0]))
         self.empty_rows += int(res.empty[0].sum())
         if self.keep_qk:
-            put(f"L{layer}_q", _np(q[0]))
-            put(f"L{layer}_k", _np(k[0]))
+            put("q", _np(q[0]))
+            put("k", _np(k[0]))
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

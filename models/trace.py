@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.errors import UserError
+
 FORMAT_VERSION = 1
 
 
-class TraceError(ValueError):
+class TraceError(UserError, ValueError):
     """A trace folder that cannot be read; the message says what is wrong."""
 
 
@@ -53,26 +55,57 @@ class Trace:
 
     @property
     def dense(self) -> bool:
-        return "L0_probs" in self.arrays
+        """Whether the N×N probabilities were kept (N ≤ the dense limit)."""
+        return array_key(0, "probs") in self.arrays
 
-    def probs(self, layer: int) -> np.ndarray:
+    def has_qk(self) -> bool:
+        return array_key(0, "q") in self.arrays
+
+    def _get(self, layer: int, name: str, missing: str) -> np.ndarray:
+        if not 0 <= layer < self.n_layers:
+            raise TraceError(f"layer {layer} does not exist; this trace has layers 0..{self.n_layers - 1}")
+        value = self.arrays.get(array_key(layer, name))
+        if value is None:
+            raise TraceError(f"this trace has no {name} for layer {layer}: {missing}")
+        return value
+
+    def attention(self, layer: int) -> np.ndarray:
         """(H, N, N) attention probabilities of one layer (dense traces only)."""
-        key = f"L{layer}_probs"
-        if key not in self.arrays:
-            raise TraceError(
-                f"this trace has no dense probabilities for layer {layer} (N={self.n} > {self.dense_limit})"
-            )
-        return self.arrays[key]
+        return self._get(layer, "probs", f"N={self.n} is over its dense limit {self.dense_limit}; use pooled(layer) "
+                                         "or an exact tile (analysis.tiles), or trace again with a higher dense limit")
+
+    def pooled(self, layer: int) -> np.ndarray:
+        """(H, R, R) mean probability of each tile (long traces only)."""
+        return self._get(layer, "pooled", "it is dense; use attention(layer)")
+
+    def attention_map(self, layer: int) -> np.ndarray:
+        """What a picture of the layer shows: the dense (H, N, N) probabilities, else the pooled (H, R, R) map."""
+        return self.attention(layer) if self.dense else self.pooled(layer)
+
+    def q(self, layer: int) -> np.ndarray:
+        """(H, N, D) queries after rotary embedding (traces made with qk=True / --qk)."""
+        return self._get(layer, "q", "trace again with qk=True (--qk on the command line)")
+
+    def k(self, layer: int) -> np.ndarray:
+        """(H, N, D) keys after rotary embedding, key heads expanded to every query head."""
+        return self._get(layer, "k", "trace again with qk=True (--qk on the command line)")
+
+    def lse(self, layer: int) -> np.ndarray:
+        """(H, N) log-sum-exp of each row's scores (−inf for a row with every key masked)."""
+        return self._get(layer, "lse", "the variant computes no softmax, so rows have no log-sum-exp")
+
+    def stat(self, layer: int, name: str) -> np.ndarray:
+        """(H, N) one row statistic: entropy, distance, sink or maxp (see kernels.maps.STATS)."""
+        return self._get(layer, name, "it was not recorded")
+
+    def has(self, layer: int, name: str) -> bool:
+        return array_key(layer, name) in self.arrays
 
     def scale(self, layer: int) -> float:
         """The model's own q·k scale in this layer (1/√D unless the model says otherwise)."""
-        key = f"L{layer}_scale"
-        if key in self.arrays:
-            return float(self.arrays[key])
-        return float(self.arrays[f"L{layer}_q"].shape[-1] ** -0.5)
-
-    def has_qk(self) -> bool:
-        return "L0_q" in self.arrays
+        if self.has(layer, "scale"):
+            return float(self.arrays[array_key(layer, "scale")])
+        return float(self.q(layer).shape[-1] ** -0.5)
 
     @property
     def logits(self) -> np.ndarray:
@@ -124,6 +157,11 @@ class Trace:
         image = arrays.pop("image", None)
         fields = {k: meta[k] for k in cls.__dataclass_fields__ if k in meta and k not in ("arrays", "image")}
         return cls(arrays=arrays, image=image, **fields)
+
+
+def array_key(layer: int, name: str) -> str:
+    """The name of one layer's array in trace.npz, e.g. L3_probs: the only place the naming is written."""
+    return f"L{layer}_{name}"
 
 
 def arrays_hash(arrays: dict[str, np.ndarray]) -> str:

@@ -33,7 +33,7 @@ if tr is not None:
             st.plotly_chart(head_heatmap(tr, layer, head), key="head_heat")
             download_buttons(None, tr, "head", selection={"layer": layer, "head": head})
     else:
-        st.caption(f"{tr.n} tokens: the map below is pooled ({tr.arrays['L0_pooled'].shape[-1]}² tiles, each the "
+        st.caption(f"{tr.n} tokens: the map below is pooled ({tr.pooled(0).shape[-1]}² tiles, each the "
                    "mean probability of its tokens). Pick a range to recompute it exactly from q, k and the LSE.")
         st.plotly_chart(head_heatmap(tr, layer, head), key="head_pooled")
         download_buttons(None, tr, "head", selection={"layer": layer, "head": head})

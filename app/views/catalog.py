@@ -23,10 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 
+from kernels.errors import UserError
+
 VIEWS = ("model", "head", "neuron", "image", "qk", "mask", "compare", "metrics")
 
 
-class ViewError(ValueError):
+class ViewError(UserError, ValueError):
     """A view name, data or selection that cannot make a figure; the message says why."""
 
 
@@ -265,7 +267,7 @@ def points_from_trace(tr, layer: int, head: int, method: str = "pca", dims: int 
     """The joint query–key embedding of one head over this trace's own tokens (one input)."""
     from analysis import qk_embed as qe
 
-    q, k = tr.arrays[f"L{layer}_q"], tr.arrays[f"L{layer}_k"]
+    q, k = tr.q(layer), tr.k(layer)
     h = hashlib.sha256()
     for a in (q, k):
         h.update(np.ascontiguousarray(a).tobytes())
@@ -274,7 +276,7 @@ def points_from_trace(tr, layer: int, head: int, method: str = "pca", dims: int 
         model_id=tr.model_id, kind=tr.kind, layer=layer, q=q, k=k, tokens=list(tr.tokens),
         token_kind=[qe.token_kind(t, bool(s), tr.kind) for t, s in zip(tr.tokens, tr.special)],
         context=qe.contexts(list(tr.tokens), image_name), input_index=np.zeros(tr.n, dtype=np.int64),
-        position=np.arange(tr.n), offsets=np.array([0, tr.n]), probs=[tr.arrays.get(f"L{layer}_probs")],
+        position=np.arange(tr.n), offsets=np.array([0, tr.n]), probs=[tr.attention(layer) if tr.dense else None],
         inputs=[], names=[tr.input.get("name") or "input 0"], inputs_hash="trace-" + h.hexdigest()[:20],
     )
     return qe.embed(qks, head, method, dims, seed=seed)
@@ -379,7 +381,7 @@ def _metrics_check(data):
     tr = data.get("trace")
     if tr is None:
         return "needs a trace"
-    if "L0_entropy" not in tr.arrays:
+    if not tr.has(0, "entropy"):
         return "the trace kept no row statistics"
     return None
 

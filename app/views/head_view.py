@@ -63,7 +63,7 @@ def token_lines(trace, layer: int, heads: list[int], *, focus: int | None = None
     n = trace.n
     if n > MAX_LINES_N:
         raise ValueError(f"the lines view draws up to {MAX_LINES_N} tokens (this input has {n}); use the heatmap")
-    probs = trace.probs(layer)
+    probs = trace.attention(layer)
     fig = go.Figure()
     edges = np.linspace(threshold, 1.0, levels + 1)
     for head in heads:

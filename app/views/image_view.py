@@ -58,13 +58,13 @@ def attention_grid(trace, layer: int, query: Query = "cls") -> np.ndarray:
     """(H, rows, cols): every head's attention from the query to each patch."""
     if not 0 <= layer < trace.n_layers:
         raise ValueError(f"layer {layer} does not exist; the trace has layers 0..{trace.n_layers - 1}")
-    return to_grid(trace, trace.probs(layer)[:, query_token(trace, query)])
+    return to_grid(trace, trace.attention(layer)[:, query_token(trace, query)])
 
 
 def special_mass(trace, layer: int, query: Query = "cls") -> np.ndarray:
     """(H,) attention from the query to special tokens (CLS, registers): what the patch maps leave out."""
     special = np.asarray(trace.special, dtype=bool)
-    return trace.probs(layer)[:, query_token(trace, query)][:, special].sum(axis=-1)
+    return trace.attention(layer)[:, query_token(trace, query)][:, special].sum(axis=-1)
 
 
 def upsample(grid_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:

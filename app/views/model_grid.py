@@ -26,9 +26,7 @@ def _pool_matrix(n: int, size: int) -> np.ndarray:
 
 def layer_maps(trace, layer: int) -> np.ndarray:
     """(H, n, n) maps to draw for one layer: dense probs, else the pooled maps."""
-    if f"L{layer}_probs" in trace.arrays:
-        return trace.arrays[f"L{layer}_probs"]
-    return trace.arrays[f"L{layer}_pooled"]
+    return trace.attention_map(layer)
 
 
 def model_grid(trace, *, thumb: int = THUMB, gap: int = 2) -> go.Figure:

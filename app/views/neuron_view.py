@@ -58,18 +58,17 @@ def neuron_row(trace, layer: int, head: int, query: int, *, scale: float | None 
             f"layer {layer} head {head} does not exist; the trace has layers 0..{trace.n_layers - 1} "
             f"and heads 0..{trace.n_heads - 1}"
         )
-    if not trace.has_qk() or f"L{layer}_q" not in trace.arrays:
+    if not trace.has(layer, "q"):
         raise ValueError(
             "the neuron view needs queries and keys: this trace has none; make a trace with qk=True "
             "(`attnscope trace --qk` on the command line)"
         )
     if not 0 <= query < trace.n:
         raise ValueError(f"query token {query} does not exist; the trace has tokens 0..{trace.n - 1}")
-    q = np.asarray(trace.arrays[f"L{layer}_q"][head, query], dtype=np.float64)
-    k = np.asarray(trace.arrays[f"L{layer}_k"][head], dtype=np.float64)
+    q = np.asarray(trace.q(layer)[head, query], dtype=np.float64)
+    k = np.asarray(trace.k(layer)[head], dtype=np.float64)
     if scale is None:  # the model's own scale when the trace recorded it, else 1/√D
-        rec = trace.arrays.get(f"L{layer}_scale")
-        scale = float(rec) if rec is not None else q.shape[-1] ** -0.5
+        scale = trace.scale(layer)
     qk = q[None, :] * k
     scores = qk.sum(axis=1) * scale
     causal = trace.kind == "causal"
@@ -78,8 +77,8 @@ def neuron_row(trace, layer: int, head: int, query: int, *, scale: float | None 
     e = np.exp(scores - scores.max())
     softmax = e / e.sum()
     recorded = None
-    if f"L{layer}_probs" in trace.arrays:
-        recorded = np.asarray(trace.arrays[f"L{layer}_probs"][head, query], dtype=np.float64)
+    if trace.dense:
+        recorded = np.asarray(trace.attention(layer)[head, query], dtype=np.float64)
     return NeuronRow(layer, head, query, q, k, qk, scores, softmax, recorded, float(scale), causal)
 
 

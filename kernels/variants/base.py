@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from kernels.context import TokenContext
+from kernels.errors import UserError
 
 
-class VariantError(ValueError):
+class VariantError(UserError, ValueError):
     """A variant name, parameter or target model that cannot be used; the message says why."""
 
 

@@ -124,7 +124,7 @@ def test_heads_on_a_vit_have_no_token_scores():
 
 
 def test_heads_command(tmp_path, tokenizer, capsys):
-    from app.cli_sweep import main
+    from app.cli import main
 
     tiny_text_model("llama-gqa").save_pretrained(tmp_path, safe_serialization=True)
     tokenizer.save_pretrained(tmp_path)

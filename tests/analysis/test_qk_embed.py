@@ -168,7 +168,7 @@ def test_real_presets(preset, request):
     lo, hi = qks.offsets[3], qks.offsets[4]
     np.testing.assert_array_equal(qks.q[:, lo:hi], tr.arrays[f"L{layer}_q"])
     np.testing.assert_array_equal(qks.k[:, lo:hi], tr.arrays[f"L{layer}_k"])
-    np.testing.assert_array_equal(qks.probs[3], tr.probs(layer))
+    np.testing.assert_array_equal(qks.probs[3], tr.attention(layer))
     assert qks.tokens[lo:hi] == tr.tokens and qks.q.shape[:2] == (lm.n_heads, qks.n_tokens)
     kinds = set(qks.token_kind)
     assert kinds <= ({"CLS", "patch"} if lm.kind == "vit" else {"special", "word", "punctuation", "number"})

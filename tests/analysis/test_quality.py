@@ -264,7 +264,7 @@ def llama_folder(tmp_path_factory, tokenizer):
 
 
 def run(capsys, *argv):
-    from app.cli_sweep import main
+    from app.cli import main
 
     code = main(list(argv))
     out, err = capsys.readouterr()

@@ -27,7 +27,7 @@ def test_tile_of_long_trace_equals_dense(llama, variant, layers, heads):
     for layer in range(2):
         for head in range(4):
             got = tile(long, layer, head, (3, 11), (0, 9))
-            np.testing.assert_allclose(got, dense.probs(layer)[head, 3:11, 0:9], atol=1e-6)
+            np.testing.assert_allclose(got, dense.attention(layer)[head, 3:11, 0:9], atol=1e-6)
 
 
 def test_tile_needs_qk(llama):

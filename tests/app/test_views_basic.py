@@ -42,8 +42,8 @@ def test_model_grid_places_every_head():
             cells = (where[..., 0] == layer) & (where[..., 1] == head)
             assert cells.sum() == 12 * 12
             # each thumbnail is its map scaled to its own max
-            np.testing.assert_allclose(z[cells].reshape(12, 12), tr.probs(layer)[head] / tr.probs(layer)[head].max(),
-                                       rtol=1e-6)
+            probs = tr.attention(layer)[head]
+            np.testing.assert_allclose(z[cells].reshape(12, 12), probs / probs.max(), rtol=1e-6)
     assert "synthetic" in fig.layout.title.text and "full" in fig.layout.title.text
     assert cell_at({"customdata": [2, 1]}) == (2, 1) and cell_at({"customdata": [-1, -1]}) is None
 
@@ -51,7 +51,7 @@ def test_model_grid_places_every_head():
 def test_head_heatmap_labels_and_values():
     tr = synthetic_trace()
     fig = head_heatmap(tr, 1, 1)
-    np.testing.assert_array_equal(np.array(fig.data[0].z), tr.probs(1)[1])
+    np.testing.assert_array_equal(np.array(fig.data[0].z), tr.attention(1)[1])
     assert list(fig.data[0].x) == token_labels(tr.tokens)
     assert "layer 1 · head 1" in fig.layout.title.text
     with pytest.raises(ValueError, match="does not exist"):

@@ -51,7 +51,7 @@ def assert_recomputed_softmax_matches(tr):
         for head in range(tr.n_heads):
             for i in range(tr.n):
                 row = nv.neuron_row(tr, layer, head, i)
-                np.testing.assert_allclose(row.softmax, tr.probs(layer)[head, i], atol=1e-5)
+                np.testing.assert_allclose(row.softmax, tr.attention(layer)[head, i], atol=1e-5)
                 assert row.matches()
                 seen = np.isfinite(row.scores)  # q∘k sums to the score wherever the key is not masked
                 np.testing.assert_allclose(row.scores[seen], row.qk.sum(1)[seen] * row.scale)
@@ -78,7 +78,7 @@ def test_neuron_figure_panels_share_the_key_axis():
     for t in (prod, score, soft, recorded):
         assert list(t.y) == labels
     np.testing.assert_allclose(prod.z, tr.arrays["L1_q"][2, 4][None] * tr.arrays["L1_k"][2], rtol=1e-6)
-    np.testing.assert_allclose(soft.x, tr.probs(1)[2, 4], atol=1e-6)
+    np.testing.assert_allclose(soft.x, tr.attention(1)[2, 4], atol=1e-6)
     assert list(score.text[5:]) == ["masked"] * 2  # keys after the query, under the causal mask
     # every key panel matches the first key axis; the diverging scales are centred at 0
     assert {fig.layout[f"yaxis{i}"].matches for i in (4, 5, 6)} == {"y3"}
@@ -151,7 +151,7 @@ def test_upsample_is_nearest_neighbour():
 def test_attention_overlay_shapes_values_and_marker():
     tr = vit_trace()
     grid = iv.attention_grid(tr, 1, (1, 2))
-    np.testing.assert_allclose(grid, tr.probs(1)[:, 1 + 5, 1:].reshape(2, 2, 3))
+    np.testing.assert_allclose(grid, tr.attention(1)[:, 1 + 5, 1:].reshape(2, 2, 3))
     fig = iv.attention_overlay(tr, 1, (1, 2))
     images = [t for t in fig.data if t.type == "image"]
     maps = [t for t in fig.data if t.type == "heatmap"]
@@ -168,7 +168,7 @@ def test_attention_overlay_shapes_values_and_marker():
     assert (r.x0, r.x1, r.y0, r.y1) == (9.5, 14.5, 4.5, 9.5)
     assert iv.cell_at(tr, 12, 7) == (1, 2) and iv.cell_at(tr, 0, 0) == (0, 0)
     assert tuple(maps[0].customdata[7][12]) == (1, 2)  # a click on the pixel gives its patch
-    assert iv.special_mass(tr, 1, (1, 2))[0] == pytest.approx(tr.probs(1)[0, 6, 0])
+    assert iv.special_mass(tr, 1, (1, 2))[0] == pytest.approx(tr.attention(1)[0, 6, 0])
 
 
 def test_cls_query_mean_only_and_rollout():
@@ -176,7 +176,7 @@ def test_cls_query_mean_only_and_rollout():
     fig = iv.attention_overlay(tr, 0, "cls", per_head=False)
     assert [t.type for t in fig.data] == ["image", "heatmap"]
     assert not fig.layout.shapes  # CLS has no patch to outline
-    np.testing.assert_allclose(fig.data[1].z, iv.upsample(tr.probs(0)[:, 0, 1:].mean(0).reshape(3, 2), (7, 8)),
+    np.testing.assert_allclose(fig.data[1].z, iv.upsample(tr.attention(0)[:, 0, 1:].mean(0).reshape(3, 2), (7, 8)),
                                rtol=1e-6)
     assert iv.query_token(tr, "cls") == 0 and iv.query_token(tr, (2, 1)) == 6 and iv.query_patch(tr, 3) == (1, 0)
     roll = iv.rollout_overlay(tr, (0, 1), residual=0.3)

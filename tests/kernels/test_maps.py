@@ -91,7 +91,7 @@ def test_long_trace_keeps_pooled_maps_and_no_dense(tokenizer):
     dense = trace(lm, text=TEXT)
     long = trace(lm, text=TEXT, dense_limit=4)
     assert "L0_probs" not in long.arrays and long.arrays["L1_pooled"].shape == (4, long.n, long.n)
-    np.testing.assert_allclose(long.arrays["L1_pooled"], dense.probs(1), atol=1e-6)
+    np.testing.assert_allclose(long.arrays["L1_pooled"], dense.attention(1), atol=1e-6)
     for name in ("entropy", "distance", "sink", "maxp"):
         np.testing.assert_allclose(long.arrays[f"L0_{name}"], dense.arrays[f"L0_{name}"], atol=1e-6)
     np.testing.assert_allclose(long.logits, dense.logits, rtol=1e-5, atol=1e-5)

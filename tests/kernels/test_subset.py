@@ -61,6 +61,6 @@ def test_trace_with_layers_and_heads(tokenizer):
     sw = trace(lm, text=TEXT, variant="sliding_window:w=2,sinks=0")
     part = trace(lm, text=TEXT, variant="sliding_window:w=2,sinks=0", layers=[0], heads=[2])
     assert part.variant_layers == [0] and part.variant_heads == [2]
-    np.testing.assert_allclose(part.probs(0)[2], sw.probs(0)[2], atol=1e-6)
-    np.testing.assert_allclose(part.probs(0)[[0, 1, 3]], full.probs(0)[[0, 1, 3]], atol=1e-6)
-    assert np.triu(part.probs(0)[2], 0)[np.tril_indices(part.n, -3)].max() == 0  # outside the window
+    np.testing.assert_allclose(part.attention(0)[2], sw.attention(0)[2], atol=1e-6)
+    np.testing.assert_allclose(part.attention(0)[[0, 1, 3]], full.attention(0)[[0, 1, 3]], atol=1e-6)
+    assert np.triu(part.attention(0)[2], 0)[np.tril_indices(part.n, -3)].max() == 0  # outside the window

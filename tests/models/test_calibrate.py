@@ -26,9 +26,9 @@ def test_top_theta_calibrates_once_and_prunes(llama, monkeypatch):
     a = trace(llama, text=TEXT, variant="top_theta:k=3,compensate=false", calibration=CALIB)
     b = trace(llama, text=TEXT, variant="top_theta:k=3,compensate=false", calibration=CALIB)
     assert len(runs) == 1  # cached per (model, variant, calibration input)
-    np.testing.assert_array_equal(a.probs(0), b.probs(0))
-    assert (a.probs(1) == 0).sum() > (full.probs(1) == 0).sum()  # scores under θ were dropped
-    np.testing.assert_allclose(a.probs(1).sum(-1), 1, atol=1e-5)
+    np.testing.assert_array_equal(a.attention(0), b.attention(0))
+    assert (a.attention(1) == 0).sum() > (full.attention(1) == 0).sum()  # scores under θ were dropped
+    np.testing.assert_allclose(a.attention(1).sum(-1), 1, atol=1e-5)
 
 
 def test_dam_refuses_an_input_longer_than_its_calibration(llama):
@@ -43,5 +43,5 @@ def test_dam_refuses_an_input_longer_than_its_calibration(llama):
 def test_top_theta_on_smollm_with_the_shipped_calibration_text(smollm):
     tr = trace(smollm, text=TEXT, variant="top_theta:k=8")
     full = trace(smollm, text=TEXT)
-    assert not np.allclose(tr.probs(10), full.probs(10))
-    np.testing.assert_allclose(tr.probs(10).sum(-1), 1, atol=1e-4)
+    assert not np.allclose(tr.attention(10), full.attention(10))
+    np.testing.assert_allclose(tr.attention(10).sum(-1), 1, atol=1e-4)

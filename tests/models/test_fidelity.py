@@ -39,7 +39,7 @@ def check_trace(lm, stock, **inp):
     assert_close_rel(tr.logits, ref_out)
     assert len(ref_attn) == tr.n_layers
     for layer, ref in enumerate(ref_attn):
-        probs = tr.probs(layer)
+        probs = tr.attention(layer)
         assert probs.shape == ref.shape == (tr.n_heads, tr.n, tr.n)
         np.testing.assert_allclose(probs, ref, atol=PROB_ATOL, rtol=0)
     return tr
@@ -51,7 +51,7 @@ def test_tiny_text_models_match_eager(family, tokenizer):
     lm = wrap_text(stock, tokenizer)
     tr = check_trace(lm, stock, text=TEXT)
     if lm.kind == "causal":  # the causal mask survived injection (transformers #30652)
-        assert np.triu(tr.probs(0), 1).max() == 0.0
+        assert np.triu(tr.attention(0), 1).max() == 0.0
 
 
 def test_tiny_hf_vit_matches_eager():
@@ -76,7 +76,7 @@ def test_tiny_timm_vit_matches_stock():
     assert_close_rel(tr.logits, ref)
     assert len(captured) == tr.n_layers == 2
     for layer, probs in enumerate(captured):
-        np.testing.assert_allclose(tr.probs(layer), probs, atol=PROB_ATOL, rtol=0)
+        np.testing.assert_allclose(tr.attention(layer), probs, atol=PROB_ATOL, rtol=0)
 
 
 def _with_eager(lm):
@@ -106,6 +106,6 @@ def test_presets_match_eager(preset, inp, request):
         stock.set_attn_implementation("attnscope")
     assert_close_rel(tr.logits, ref_out)
     for layer, ref in enumerate(ref_attn):
-        np.testing.assert_allclose(tr.probs(layer), ref, atol=PROB_ATOL, rtol=0)
+        np.testing.assert_allclose(tr.attention(layer), ref, atol=PROB_ATOL, rtol=0)
     if preset == "smollm2-135m":  # GQA: 9 query heads share 3 key heads; q and k are per query head
         assert lm.n_heads == 9 and lm.module.config.num_key_value_heads == 3

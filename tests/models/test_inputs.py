@@ -24,7 +24,7 @@ def test_truncation_says_how_many_were_dropped(gpt2):
     tr = trace(gpt2, text="word " * 200, max_tokens=128)
     assert tr.n == 128 and any("74 dropped" in note for note in tr.notes)
     short = trace(gpt2, text="word " * 200, max_tokens=50)
-    assert short.n == 50 and short.probs(0).shape == (4, 50, 50)
+    assert short.n == 50 and short.attention(0).shape == (4, 50, 50)
 
 
 def test_images_of_any_mode_are_taken_and_resizing_is_said(tmp_path):

@@ -22,7 +22,7 @@ def test_local_text_folder(tmp_path, family, tokenizer):
     lm = load(str(tmp_path))
     assert lm.source == "local" and lm.kind == ("bidirectional" if family == "bert" else "causal")
     tr = trace(lm, text=TEXT)
-    assert tr.probs(0).shape == (lm.n_heads, tr.n, tr.n)
+    assert tr.attention(0).shape == (lm.n_heads, tr.n, tr.n)
 
 
 def test_local_vit_folder(tmp_path):
@@ -59,7 +59,7 @@ def test_pickle_only_folder_is_refused(tmp_path, tokenizer):
         load(str(tmp_path))
     tokenizer.save_pretrained(tmp_path)
     lm = load(str(tmp_path), allow_pickle=True)  # the user's explicit opt-in
-    assert trace(lm, text=TEXT).probs(0).shape[0] == 4
+    assert trace(lm, text=TEXT).attention(0).shape[0] == 4
 
 
 def test_folder_without_config(tmp_path):

@@ -40,14 +40,14 @@ def test_two_threads_two_variants_one_model(family, tokenizer):
     lm = wrap_text(tiny_text_model(family), tokenizer)
     alone = {v: trace(lm, text=TEXT, variant=v) for v in VARIANTS}
     # the variants differ, so a leak of one thread's setting into the other would show
-    assert not np.allclose(alone[VARIANTS[0]].probs(1), alone[VARIANTS[1]].probs(1))
+    assert not np.allclose(alone[VARIANTS[0]].attention(1), alone[VARIANTS[1]].attention(1))
     together = run_concurrently(lm, VARIANTS, rounds=4)
     for v in VARIANTS:
         for tr in together[v]:
             assert tr.variant == alone[v].variant
             np.testing.assert_allclose(tr.logits, alone[v].logits, rtol=1e-6, atol=1e-6)
             for layer in range(tr.n_layers):
-                np.testing.assert_allclose(tr.probs(layer), alone[v].probs(layer), atol=1e-7)
+                np.testing.assert_allclose(tr.attention(layer), alone[v].attention(layer), atol=1e-7)
 
 
 @pytest.mark.slow
@@ -57,4 +57,4 @@ def test_two_threads_on_smollm(smollm):
     for v in VARIANTS:
         for tr in together[v]:
             np.testing.assert_allclose(tr.logits, alone[v].logits, rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(tr.probs(29), alone[v].probs(29), atol=1e-6)
+            np.testing.assert_allclose(tr.attention(29), alone[v].attention(29), atol=1e-6)

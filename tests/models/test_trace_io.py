@@ -71,4 +71,4 @@ def test_lse_matches_probs(text_trace):
     scale = q.shape[-1] ** -0.5
     s = np.einsum("hid,hjd->hij", q, k) * scale
     s = np.where(np.tril(np.ones_like(s[0], dtype=bool)), s, -np.inf)
-    np.testing.assert_allclose(np.exp(s - lse[..., None]), text_trace.probs(1), atol=1e-5)
+    np.testing.assert_allclose(np.exp(s - lse[..., None]), text_trace.attention(1), atol=1e-5)
