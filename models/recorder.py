@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -16,12 +18,15 @@ POOLED = 256  # side of the pooled maps kept for long inputs
 class Recorder:
     """Per layer: probs (dense inputs) or pooled maps (long inputs), LSE, row statistics, q and k when asked."""
 
-    def __init__(self, dense_limit: int = DENSE_LIMIT, keep_qk: bool = False, pooled: int = POOLED):
+    def __init__(self, dense_limit: int = DENSE_LIMIT, keep_qk: bool = False, pooled: int = POOLED,
+                 on_layer: Callable[[int], None] | None = None):
         self.dense_limit = dense_limit
+        self.on_layer = on_layer  # called with the number of layers recorded so far, after each layer
         self.keep_qk = keep_qk
         self.pooled = pooled
         self.arrays: dict[str, np.ndarray] = {}
         self.empty_rows = 0
+        self.recorded = 0
         self._maps: dict[int, MapsSink] = {}
 
     def wants_probs(self, n: int) -> bool:
@@ -53,6 +58,9 @@ class Recorder:
         if self.keep_qk:
             put("q", _np(q[0]))
             put("k", _np(k[0]))
+        self.recorded += 1
+        if self.on_layer is not None:
+            self.on_layer(self.recorded)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

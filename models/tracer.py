@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 
@@ -47,11 +48,13 @@ def trace(
     dense_limit: int = DENSE_LIMIT,
     calibration: dict | None = None,
     max_tokens: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Trace:
     """One forward pass of `lm` with `variant` in `layers` and `heads` (default: all), recording attention.
 
     `calibration` ({"text": ...} or {"image": ...}) is the input variants like top_theta calibrate on;
     by default a shipped text or image. `max_tokens` keeps only the first tokens of a text.
+    `progress(done, total)` is called after each recorded layer.
     """
     v = parse_variant(variant)
     _check_indices("layers", layers, lm.n_layers, lm.model_id)
@@ -63,7 +66,8 @@ def trace(
         calib = default_calibration(lm) if calibration is None else encode(lm, **calibration)
         ctx = replace(ctx, calibration=calibrate(lm, v, calib))
     dense_limit, note = _fit_memory(lm, enc.ctx.n, dense_limit, qk)
-    rec = Recorder(dense_limit=dense_limit, keep_qk=qk)
+    on_layer = None if progress is None else (lambda done: progress(done, lm.n_layers))
+    rec = Recorder(dense_limit=dense_limit, keep_qk=qk, on_layer=on_layer)
     p = CallPlan(
         variant=v,
         ctx=ctx,
