@@ -18,6 +18,16 @@ def budget_bytes() -> int:
     return psutil.virtual_memory().available // 2
 
 
+def require(need: int, what: str) -> None:
+    """Refuse, in one line and before any work, a request whose estimated memory is over the budget."""
+    from models.loaded import InputError
+
+    budget = budget_bytes()
+    if need > budget:
+        raise InputError(f"{what} needs about {need / GB:.1f} GB but the memory budget is {budget / GB:.1f} GB; "
+                         "use a shorter input or fewer inputs, or raise ATTNSCOPE_MEMORY_BUDGET_GB")
+
+
 def estimate_bytes(lm, n: int, *, dense: bool, qk: bool, pooled: int = 256) -> int:
     """Bytes the recorded arrays and the working set of one traced forward pass need (float32)."""
     L, H = lm.n_layers, lm.n_heads
