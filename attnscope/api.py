@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from analysis import compare as compare_traces
 from analysis import quality
 from app.views.catalog import ViewError, build_view, get_view
+from kernels.variants import parse_variant
 from models import tracer
 from models.attach import attached
 from models.inputs import read_image
@@ -31,7 +32,7 @@ def trace(model, text: str | None = None, image=None, variant: str = "full", lay
           dense_limit: int = DENSE_LIMIT) -> Trace:
     """One forward pass of `model` on a text or an image, with `variant` in `layers` and `heads` (default: all).
 
-    image: a PIL image, a path to an image file, or an (H, W[, 3]) uint8 array. qk=True also keeps
+    image: a PIL image, a path to an image file, or an (H, W[, 3|4]) uint8 array. qk=True also keeps
     queries and keys (the neuron and qk views need them). max_tokens cuts a longer text; over
     `dense_limit` tokens the trace keeps pooled maps instead of N×N probabilities.
     """
@@ -59,6 +60,8 @@ def compare(model, text: str | None = None, variant_a: str = "full", variant_b: 
     """
     if variant_b is None:
         raise InputError("give variant_b, the variant to compare with variant_a (e.g. 'sliding_window:w=4')")
+    for spec in (variant_a, variant_b):  # a bad second spec fails before the first trace runs
+        parse_variant(spec)
     inputs = _inputs(text, image)
     options = dict(layers=_indices("layers", layers), heads=_indices("heads", heads), qk=qk, max_tokens=max_tokens,
                    **inputs)

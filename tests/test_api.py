@@ -75,8 +75,8 @@ def test_train_mode_sdpa_and_dtype_are_restored_even_after_an_error(tokenizer):
     with pytest.raises(UserError, match="layers"):  # raised inside the attached call, after wrapping
         attnscope.trace(model, tokenizer=tokenizer, text=TEXT, layers=[7])
     assert_untouched(model, before)
-    tr = attnscope.compare(model, TEXT, "full", "sliding_window:w=2", tokenizer=tokenizer)
-    assert tr.a.attention(0).shape == (4, tr.a.n, tr.a.n)
+    cmp = attnscope.compare(model, TEXT, "full", "sliding_window:w=2", tokenizer=tokenizer)
+    assert cmp.a.attention(0).shape == (4, cmp.a.n, cmp.a.n) and cmp.stats.mass_lost.max() > 0
     assert model.training and model.config._attn_implementation == "sdpa"
     assert all(p.dtype == torch.float64 for p in model.parameters())
     assert_untouched(model, before)
@@ -137,6 +137,7 @@ def test_held_hf_vit_needs_and_uses_its_image_processor():
     (lambda m, t: attnscope.trace(m, tokenizer=t, image_processor=t, text=TEXT), "image_processor"),
     (lambda m, t: attnscope.trace(torch.nn.Linear(2, 2), text=TEXT), "cannot trace a Linear"),
     (lambda m, t: attnscope.compare(m, TEXT, "full", tokenizer=t), "variant_b"),
+    (lambda m, t: attnscope.compare(m, TEXT, "full", "sliding_window:w=-1", tokenizer=t), "out of range"),
 ])
 def test_bad_calls_end_in_one_line_and_leave_the_model_alone(call, match, tokenizer):
     model = _llama("eager", train=False)
