@@ -131,25 +131,27 @@ class AttnStats:
     def wants_probs(self, n: int) -> bool:
         return False
 
-    def record(self, layer, res, q, k, scale) -> None:
+    def record(self, layer, res, q, k, scale, native=None) -> None:
         pass
 
     def sinks(self, layer: int, ctx, q: torch.Tensor, k: torch.Tensor) -> tuple:
         rows = self.rows.to(q.device)
+        B, H = q.shape[:2]
 
-        def sink(q0: int, q1: int, p: torch.Tensor, s: torch.Tensor) -> None:
-            kept = torch.isfinite(s)
+        def sink(chunk) -> None:
+            q0, q1, p = chunk.q0, chunk.q1, chunk.p
+            kept = chunk.kept  # keys outside the chunk's columns are masked: they count as removed
             if self.sparse_probs:
                 kept = kept & (p > 0)
-            _add(self.kept, layer, kept.sum(dim=(0, 2, 3)).double())
+            _add(self.kept, layer, kept.sum(dim=(-2, -1)).expand(B, H).sum(0).double())
             lo, hi = torch.searchsorted(rows, q0), torch.searchsorted(rows, q1)
             if hi == lo:
                 return
             local = rows[lo:hi] - q0
-            p_rows = p[:, :, local].float()
+            p_rows = chunk.wide(p[:, :, local].float(), 0.0)
             if self.reference is None:
                 self.sampled.setdefault(layer, []).append(p_rows.clone())
-                self.live.setdefault(layer, []).append(kept[:, :, local].any(-1))
+                self.live.setdefault(layer, []).append(kept[..., local, :].any(-1).expand(B, H, len(local)))
                 return
             ref = self.reference
             pf, pv = ref.probs(layer)[:, :, lo:hi].double(), p_rows.double()

@@ -4,7 +4,7 @@ decay_1d, manhattan_decay and gaussian_2d add a position bias to s = QKᵀ·scal
 tiny pure function (attention-gym style) bound to the parameters by a `ScoreMod` class, usable
 as a FlexAttention score_mod. On a ViT a pair that involves a special token gets no bias.
 The other three are not pure biases: polyline_path mixes two softmaxes (`attend`), relaxed
-changes the normaliser (`row_probs`), head_ablation zeroes heads (`attend`).
+changes the normaliser (`row_probs`), head_ablation zeroes heads (`head_weight`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import re
 import torch
 
 from kernels.context import TokenContext
+from kernels.core import softmax_lse
 from kernels.variants.base import FlexSource, Param, Variant, VariantError
-from kernels.variants.baseline import Full
 from kernels.variants.registry import register
 from kernels.variants.static_masks import BOTH, VIT, RuleVariant, special_pair
 
@@ -230,12 +230,6 @@ def _pad_along(x: torch.Tensor, dim: int, front: bool) -> torch.Tensor:
     return torch.cat([zero, x] if front else [x, zero], dim=dim)
 
 
-def softmax_or_zero(s: torch.Tensor) -> torch.Tensor:
-    """softmax over the last axis; a row with every score −∞ gives zeros, not NaN."""
-    lse = torch.logsumexp(s, dim=-1, keepdim=True)
-    return torch.exp(s - lse.masked_fill(torch.isneginf(lse), 0.0))
-
-
 @register
 class PolylinePath(Variant):
     """Polyline path masked attention: ½·softmax(s+L) + ½·softmax(s+L'), L and L' the log decay along
@@ -275,41 +269,25 @@ class PolylinePath(Variant):
         log_beta = (1 - neighbour_similarity(k_grid, dim=-3).double()) * log_beta
         return log_alpha, log_beta
 
-    def attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
-        from kernels.reference import AttnOut  # lazy: kernels.reference imports the variants package
-
+    def attend(self, call):
+        ctx = call.dctx
         self.check(ctx)
-        ctx = ctx.to(q.device)
-        B, H, N, _ = q.shape
-        if k.shape[2] != N:
-            raise VariantError(f"{self.name} needs self-attention over the grid (got {N} queries, {k.shape[2]} keys)")
-        log_alpha, log_beta = self.log_decays(k, ctx)
+        if call.k.shape[2] != call.q.shape[2]:
+            raise VariantError(f"{self.name} needs self-attention over the grid "
+                               f"(got {call.q.shape[2]} queries, {call.k.shape[2]} keys)")
+        log_alpha, log_beta = self.log_decays(call.k, ctx)
         row, col = ctx.row.clamp(min=0), ctx.col.clamp(min=0)  # special tokens: any cell, bias zeroed below
-        kf, vf = k.float(), v.float()
-        out = q.new_empty(B, H, N, v.shape[-1], dtype=torch.float32)
-        lse = q.new_empty(B, H, N, dtype=torch.float32)
-        empty = torch.zeros(B, H, N, dtype=torch.bool, device=q.device)
-        probs = q.new_empty(B, H, N, N, dtype=torch.float32) if want_probs else None
-        for q0 in range(0, N, chunk):
-            q1 = min(N, q0 + chunk)
-            qi = torch.arange(q0, q1, device=q.device)[:, None]  # (c, 1)
-            s = torch.matmul(q[:, :, q0:q1].float(), kf.transpose(-1, -2)) * scale  # (B, H, c, N)
-            keep = allowed(q0, q1)
-            if keep is not None:
-                s = s.masked_fill(~keep, float("-inf"))
-            paths = polyline_biases(log_alpha, log_beta, row[qi], col[qi], row[None, :], col[None, :])
-            global_pair = (ctx.special[qi] | ctx.special[None, :])  # (c, N): no decay to special tokens
-            biases = [torch.where(global_pair, 0.0, path).float() for path in paths]  # (B|1, H|1, c, N)
-            p = 0.5 * softmax_or_zero(s + biases[0]) + 0.5 * softmax_or_zero(s + biases[1])
-            row_lse = torch.logsumexp(s, dim=-1)
-            out[:, :, q0:q1] = torch.matmul(p, vf)
-            lse[:, :, q0:q1] = row_lse
-            empty[:, :, q0:q1] = torch.isneginf(row_lse)
-            if probs is not None:
-                probs[:, :, q0:q1] = p
-            for sink in sinks:
-                sink(q0, q1, p, s)
-        return AttnOut(out=out, lse=lse, empty=empty, probs=probs)
+
+        def normalise(s, q0, q1, kv_idx, sink):
+            qi = torch.arange(q0, q1, device=s.device)[:, None]  # (c, 1)
+            kj = kv_idx[None, :]  # (1, w)
+            paths = polyline_biases(log_alpha, log_beta, row[qi], col[qi], row[kj], col[kj])
+            global_pair = ctx.special[qi] | ctx.special[kj]  # (c, w): no decay to special tokens
+            biases = [torch.where(global_pair, 0.0, path).float() for path in paths]  # (B|1, H|1, c, w)
+            p = 0.5 * softmax_lse(s + biases[0], sink)[0] + 0.5 * softmax_lse(s + biases[1], sink)[0]
+            return p, s, softmax_lse(s, sink)[1]
+
+        return call.softmax(normalise=normalise)
 
 
 def cell_tokens(ctx: TokenContext) -> torch.Tensor:
@@ -343,11 +321,11 @@ class Relaxed(Variant):
     def flex_snippet(self, ctx_kind=None, **sizes):
         raise VariantError(f"{self.name} changes the softmax normaliser; it has no FlexAttention form")
 
-    def row_probs(self, s, allowed, q_idx, ctx):
-        """s: masked scores (B, H, c, Nk), −∞ where masked -> relaxed probabilities, 0 where masked."""
+    def row_probs(self, s, q_idx, kv_idx, ctx):
+        """s: masked scores (B, H, c, w), −∞ where masked -> relaxed probabilities, 0 where masked."""
         visible = ~torch.isneginf(s)
         uniform = visible / visible.sum(-1, keepdim=True).clamp(min=1)  # 1/n_i on the visible keys
-        return (1 - self.gamma) * softmax_or_zero(s) + self.gamma * uniform
+        return (1 - self.gamma) * softmax_lse(s)[0] + self.gamma * uniform
 
 
 @register
@@ -387,23 +365,10 @@ class HeadAblation(Variant):
             )
         return heads
 
-    def attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
-        from kernels.reference import AllowedRows, attention  # lazy: kernels.reference imports the variants package
-
-        H = q.shape[1]
-        head_on = torch.ones(1, H, 1, 1, device=q.device)
-        head_on[:, self.ablated_heads(ctx.layer, H)] = 0.0  # (1, H, 1, 1): 0 on ablated heads
-        zeroing_sinks = tuple(_zero_heads_in(sink, head_on) for sink in sinks)
-        res = attention(q, k, v, scale=scale, ctx=ctx, variant=Full(), model_mask=AllowedRows(allowed),
-                        want_probs=want_probs, sinks=zeroing_sinks, chunk=chunk)
-        res.out = res.out * head_on
-        if res.probs is not None:
-            res.probs = res.probs * head_on
-        return res
-
-
-def _zero_heads_in(sink, head_on: torch.Tensor):
-    return lambda q0, q1, p, s: sink(q0, q1, p * head_on, s)
+    def head_weight(self, ctx: TokenContext, heads: int) -> torch.Tensor:
+        weight = torch.ones(heads)
+        weight[self.ablated_heads(ctx.layer, heads)] = 0.0
+        return weight
 
 
 _PAIR = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)")

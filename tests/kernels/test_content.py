@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import optimize, stats
+from sink_util import wide_sink
 
 from kernels.context import TokenContext
 from kernels.reference import attention
@@ -532,7 +533,7 @@ def test_sinks_get_every_chunk_in_order(spec):
     ctx = TokenContext.vit((3, 4), n_prefix=1, calibration={0: theta_stats()})
     q, k, v = rand_qkv(N=N, seed=16)
     seen = []
-    res = run(spec, q, k, v, ctx, chunk=4, sinks=(lambda q0, q1, p, s: seen.append((q0, q1, p.clone(), s)),))
+    res = run(spec, q, k, v, ctx, chunk=4, sinks=(wide_sink(lambda q0, q1, p, s: seen.append((q0, q1, p.clone(), s))),))
     assert [(a, b) for a, b, _, _ in seen] == [(0, 4), (4, 8), (8, 12), (12, 13)]
     assert torch.equal(torch.cat([p for _, _, p, _ in seen], dim=2), res.probs)
     if spec != "top_theta":  # (top_theta compensates: pruned keys keep a share of the mass)
