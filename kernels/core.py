@@ -67,8 +67,8 @@ def softmax_lse(s: torch.Tensor, sink: torch.Tensor | None = None, *, inplace: b
 
 
 def learned_sink_mass(lse: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
-    """exp(sink − lse): the share of each row the learned sink absorbed. lse (B, H, c), sink (1|B, H, 1)."""
-    return torch.where(torch.isneginf(lse), 0.0, torch.exp(sink - lse))
+    """exp(sink − lse): the share of each row the learned sink absorbed. lse (B, H, c), sink (1, H, 1, 1)."""
+    return torch.where(torch.isneginf(lse), 0.0, torch.exp(sink[..., 0] - lse))
 
 
 @dataclass(eq=False)

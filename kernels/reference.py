@@ -145,7 +145,8 @@ def native_features(native: NativeAttention) -> str:
 
 
 def _sink_logits(native: NativeAttention) -> torch.Tensor | None:
-    return None if native.sink_logits is None else native.sink_logits.float()[None, :, None]
+    """The learned sink logits as (1, H, 1, 1), to join the normaliser of (B, H, c, w) scores."""
+    return None if native.sink_logits is None else native.sink_logits.float()[None, :, None, None]
 
 
 def _native_scores(s: torch.Tensor, native: NativeAttention, rows, cols) -> torch.Tensor:

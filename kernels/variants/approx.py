@@ -462,6 +462,7 @@ class DeltaCorrection(Approximation):
 
     name = "delta_correction"
     applies_to = ALL_KINDS
+    honours_native = True  # the inner variant and the anchor rows run through the softmax path
     params = (
         Param("inner", str, DEFAULT_INNER, "the sparse variant corrected, in [brackets] when it has parameters"),
         Param("every", int, 64, "one full-attention query row per this many rows", low=1),

@@ -539,3 +539,19 @@ def test_sinks_get_every_chunk_in_order(spec):
     if spec != "top_theta":  # (top_theta compensates: pruned keys keep a share of the mass)
         for _, _, p, s in seen:  # the scores show what was dropped
             assert not p[torch.isneginf(s)].any()
+
+
+@pytest.mark.parametrize("offset", [0.0, 2.0**24, 3e7, 1e9])
+def test_sparsemax_with_huge_scores(offset):
+    """Issue 15 item 9: scores beyond 2^24 in float32 once gave `index -1 is out of bounds`.
+    Sparsemax is shift invariant, so a huge common offset changes nothing."""
+    from kernels.variants.content import sparsemax
+
+    x = torch.tensor([[3.0, 1.0, 2.5, -1.0, float("-inf")]]) + offset  # float32: the offset rounds the scores
+    p = sparsemax(x)
+    torch.testing.assert_close(p.double(), sparsemax(x.double() - x.double().amax()), atol=1e-6, rtol=0)
+    assert p.sum().item() == pytest.approx(1.0) and p[0, 4] == 0
+    s = torch.full((1, 1, 2, 6), offset) + torch.randn(1, 1, 2, 6)
+    ctx = TokenContext.sequence(6, False)
+    probs = parse_variant("entmax:alpha=2").row_probs(s, torch.arange(2), torch.arange(6), ctx)
+    assert torch.isfinite(probs).all() and torch.allclose(probs.sum(-1), torch.ones(1, 1, 2))
