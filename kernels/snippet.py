@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kernels.context import KINDS, TokenContext
+from kernels.context import KINDS
 from kernels.errors import VariantError
 
 
@@ -87,7 +87,7 @@ def flex_snippet(
     source = variant.flex_source(kind)
     if source is None:
         raise _no_flex_form(variant)
-    variant.check(TokenContext(n=1, kind=kind))
+    variant.check_kind(kind)
     vit = kind == "vit"
 
     parts = [

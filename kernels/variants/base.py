@@ -130,10 +130,14 @@ class Variant:
         return self.name + (":" + ",".join(changed) if changed else "")
 
     def check(self, ctx: TokenContext) -> None:
-        if ctx.kind not in self.applies_to:
+        """Refuse, in one line, a context this variant cannot run on."""
+        self.check_kind(ctx.kind)
+
+    def check_kind(self, kind: str) -> None:
+        if kind not in self.applies_to:
             raise VariantError(
                 f"variant {self.name} applies to {', '.join(sorted(self.applies_to))} models, "
-                f"not to a {ctx.kind} model; pick another variant"
+                f"not to a {kind} model; pick another variant"
             )
 
     # hooks: None means "not used"
