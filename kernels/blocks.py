@@ -60,11 +60,15 @@ class ChunkPlan:
             self._dense = keep
         return self._dense
 
-    def mask_scores(self, s: torch.Tensor) -> torch.Tensor:
-        """Set the masked scores of the partial tiles to −inf, in place."""
+    def mask_scores(self, s: torch.Tensor, value: float = float("-inf")) -> torch.Tensor:
+        """Set the masked scores of the partial tiles to −inf (or `value`), in place."""
         for a, b, keep in self.masks:
-            s[..., a:b].masked_fill_(~keep, float("-inf"))
+            s[..., a:b].masked_fill_(~keep, value)
         return s
+
+    def unmasked(self, s: torch.Tensor) -> torch.Tensor:
+        """The masked scores set to 0 in place, so products with probabilities (0 there) stay finite."""
+        return self.mask_scores(s, 0.0)
 
 
 def chunk_plan(keep: torch.Tensor | None, hi: int, device, *, block: int | None = None) -> ChunkPlan:

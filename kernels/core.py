@@ -47,23 +47,25 @@ def chunk_ranges(n: int, chunk: int) -> Iterator[tuple[int, int]]:
         yield q0, min(n, q0 + chunk)
 
 
-def softmax_lse(s: torch.Tensor, sink: torch.Tensor | None = None, *, inplace: bool = False):
+def softmax_lse(s: torch.Tensor, sink: torch.Tensor | None = None):
     """Row softmax of masked scores (−inf = masked) over the last axis, and its log-sum-exp.
 
-    sink: learned sink logits broadcastable to (..., 1): a key with no value that joins the
+    One fused softmax pass (torch.softmax's vectorised exp) and two max reductions: lse = max s −
+    log max p. sink: learned sink logits (1, H, 1, 1): a key with no value that joins the
     normaliser, so rows then sum to 1 − exp(sink − lse). A row with no finite score (and no sink)
-    gives zeros and lse −inf, never NaN. inplace: the probabilities overwrite `s`.
-    Returns (p, lse, top) with top the largest score of each row (−inf on empty rows).
+    gives zeros and lse −inf, never NaN. Returns (p, lse, top), top the largest score of each row.
     """
-    top = s.amax(-1, keepdim=True)
-    m = top if sink is None else torch.maximum(top, sink)
-    m = m.masked_fill(torch.isneginf(m), 0.0)  # an empty row keeps max 0: exp(−inf) = 0, no NaN
-    e = s.sub_(m).exp_() if inplace else torch.exp(s - m)
-    z = e.sum(-1, keepdim=True)
+    top = s.amax(-1)
+    p = torch.softmax(s, -1)
+    dead = torch.isneginf(top)
+    if bool(dead.any()):  # softmax of a row of −inf is NaN; we promise zeros
+        p = p.masked_fill(dead[..., None], 0.0)
+    lse = torch.where(dead, NEG_INF, top - torch.log(p.amax(-1)))
     if sink is not None:
-        z = z + torch.exp(sink - m)
-    p = e.div_(z.clamp_min(torch.finfo(e.dtype).tiny))
-    return p, (m + z.log()).squeeze(-1), top.squeeze(-1)
+        total = torch.logaddexp(lse, sink[..., 0])
+        p = p.mul_(torch.exp(lse - total)[..., None])
+        lse = total
+    return p, lse, top
 
 
 def learned_sink_mass(lse: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:

@@ -62,14 +62,13 @@ class MapsSink:
     def __init__(self, batch: int, heads: int, n: int, nk: int, ctx: TokenContext, *, pooled: int | None, device):
         self.ctx = ctx.to(device)
         self.stats = {name: torch.zeros(batch, heads, n, device=device) for name in STATS}
-        self.nk = nk
+        self.n, self.nk = n, nk
         self.rows = pool_bins(n, pooled, device) if pooled else None
         if pooled:
             self.cols = pool_bins(nk, pooled, device)
             rq, rk = int(self.rows[-1]) + 1, int(self.cols[-1]) + 1
             self.pooled_sum = torch.zeros(batch, heads, rq, rk, dtype=torch.float64, device=device)
             self.tile_size = torch.bincount(self.rows)[:, None] * torch.bincount(self.cols)[None, :]
-            self.even = nk % rk == 0  # every column tile has nk / R keys
 
     def __call__(self, chunk: Chunk) -> None:
         q0, q1 = chunk.q0, chunk.q1
@@ -86,26 +85,33 @@ class MapsSink:
                 self.stats[LEARNED_SINK] = torch.zeros_like(self.stats["entropy"])
             self.stats[LEARNED_SINK][..., q0:q1] += chunk.sink_mass
         if self.rows is not None:
-            sums, tiles = self._column_tiles(chunk)
-            rows = torch.zeros(*sums.shape[:2], self.pooled_sum.shape[2], sums.shape[-1], dtype=torch.float64,
-                               device=sums.device)
-            rows.index_add_(2, self.rows[q0:q1], sums.double())
-            self.pooled_sum[..., tiles] += rows
+            r0, r1 = int(self.rows[q0]), int(self.rows[q1 - 1]) + 1
+            sums, tiles = self._column_tiles(self._row_bins(chunk.p, q0, q1, r0, r1), chunk.kv_idx)
+            t0, t1 = int(tiles[0]), int(tiles[-1]) + 1
+            cols = slice(t0, t1) if t1 - t0 == len(tiles) else tiles
+            self.pooled_sum[:, :, r0:r1, cols] += sums.double()
 
-    def _column_tiles(self, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sums (B, H, c, T), tiles (T,)): p summed over the column tiles the chunk's keys fall in."""
-        p, kv_idx = chunk.p, chunk.kv_idx
+    def _row_bins(self, p: torch.Tensor, q0: int, q1: int, r0: int, r1: int) -> torch.Tensor:
+        """(B, H, r1 − r0, w): p summed over the query rows of each row bin the chunk covers (rows first:
+        a reduction over a leading axis, vectorised along the keys)."""
+        bins = self.pooled_sum.shape[2]
+        step = self.n // bins
+        if self.n % bins == 0 and q0 % step == 0 and (q1 - q0) % step == 0:
+            return p.reshape(*p.shape[:2], (q1 - q0) // step, step, p.shape[-1]).sum(3)
+        return p.new_zeros(*p.shape[:2], r1 - r0, p.shape[-1]).index_add_(2, self.rows[q0:q1] - r0, p)
+
+    def _column_tiles(self, p: torch.Tensor, kv_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sums (..., T), tiles (T,)): p (..., w) summed over the column tiles the keys kv_idx fall in."""
         w, r = p.shape[-1], self.pooled_sum.shape[-1]
         tile = self.nk // r
-        if self.even and w % tile == 0 and int(kv_idx[0]) % tile == 0:
+        if self.nk % r == 0 and w % tile == 0 and int(kv_idx[0]) % tile == 0:
             heads = kv_idx.view(-1, tile)
             if bool((heads == heads[:, :1] + torch.arange(tile, device=p.device)).all()):  # whole tiles only
                 return p.reshape(*p.shape[:-1], w // tile, tile).sum(-1), heads[:, 0] // tile
         tile_of = self.cols[kv_idx]  # non-decreasing: each tile is one run of columns
         starts = torch.cat([kv_idx.new_zeros(1), (tile_of[1:] != tile_of[:-1]).nonzero().squeeze(1) + 1])
         bounds = torch.cat([starts, kv_idx.new_tensor([w])])
-        csum = torch.nn.functional.pad(p.cumsum(-1), (1, 0))
-        edges = csum[..., bounds]
+        edges = torch.nn.functional.pad(p.cumsum(-1), (1, 0))[..., bounds]
         return edges[..., 1:] - edges[..., :-1], tile_of[starts]
 
     def absorb(self, maps) -> None:

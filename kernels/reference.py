@@ -174,25 +174,23 @@ def softmax_attention(call: Call, keep=None, normalise=None) -> AttnOut:
     B, H, N, D = q.shape
     nk, dv, dev = k.shape[2], v.shape[-1], q.device
     ctx, variant, native = call.dctx, call.variant, call.native
-    allowed = call.allowed
     plan_of = _planner(call, keep)
     score_mod = variant.score_mod(ctx)
     row_mask, row_probs = variant.row_mask, variant.row_probs
     weight = _head_weight(variant, call.ctx, H, dev)
     sink = _sink_logits(native)
-    wants_stats = any(getattr(s, "wants_stats", False) for s in call.sinks)
-    linear = (score_mod is None and normalise is None and row_probs is None and native.softcap is None
-              and native.pair_bias is None)
-    fused = wants_stats and linear  # the row statistics from the output matmul
-    causal_1d = ctx.kind != "vit" and allowed.causal and not allowed.prefix
-    qs = q.float() * call.scale
-    kt = k.float().transpose(-1, -2)
-    ext = _extended_values(v.float(), k.float(), native, fused, causal_1d)
+    by_rule = row_mask is not None or normalise is not None or row_probs is not None  # content rules decide
+    # the row statistics from this pass: a softmax of s (no content rule), see _row_stats
+    fused = not by_rule and any(getattr(s, "wants_stats", False) for s in call.sinks)
+    causal_1d = ctx.kind != "vit" and call.allowed.causal and not call.allowed.prefix
+    qs = (q.float() * call.scale).reshape(B * H, N, D)  # 3-D views: torch.bmm is the fastest matmul here
+    kt = k.float().transpose(-1, -2).reshape(B * H, D, nk)  # contiguous (D, Nk): a slice of keys stays BLAS-ready
+    vf = v.float().reshape(B * H, nk, dv)
     record = bool(call.sinks) or call.want_probs
-    by_rule = row_mask is not None or normalise is not None  # content rules decide what is kept
 
     def scores(q0: int, q1: int, plan: ChunkPlan) -> torch.Tensor:
-        s = torch.matmul(qs[:, :, q0:q1], kt[..., plan.cols])  # (B, H, c, w)
+        keys = kt[..., plan.cols] if isinstance(plan.cols, slice) else kt.index_select(-1, plan.cols)
+        s = torch.bmm(qs[:, q0:q1], keys).view(B, H, q1 - q0, plan.width)
         s = _native_scores(s, native, slice(q0, q1), plan.cols)
         if score_mod is not None:
             b, h, qi, _ = index_grid(B, H, q0, q1, 0, dev)
@@ -214,12 +212,11 @@ def softmax_attention(call: Call, keep=None, normalise=None) -> AttnOut:
             p = _row_probs(row_probs, s, sink, torch.arange(q0, q1, device=dev), plan.kv_idx, ctx)
             shown, dead = s, torch.isneginf(top)
         else:
-            p, lse, top = softmax_lse(s, sink, inplace=True)
+            p, lse, top = softmax_lse(s, sink)
             dead = torch.isneginf(top)
-        r = torch.matmul(p, ext[:, :, plan.cols])
-        out = r[..., :dv]
-        stats = _fused_stats(r, p, qs[:, :, q0:q1], lse, top, dead, plan, q0, q1, native, dv, causal_1d) \
-            if fused else None
+        values = vf[:, plan.cols] if isinstance(plan.cols, slice) else vf.index_select(1, plan.cols)
+        out = torch.bmm(p.reshape(B * H, q1 - q0, plan.width), values).view(B, H, q1 - q0, dv)
+        stats = _row_stats(p, plan.unmasked(s), lse, top, dead, plan, q0, q1, sink, causal_1d) if fused else None
         if weight is not None:
             out, p = out * weight, p * weight
             stats = None if stats is None else {name: x * weight[..., 0] for name, x in stats.items()}
@@ -229,12 +226,30 @@ def softmax_attention(call: Call, keep=None, normalise=None) -> AttnOut:
             if sink is not None:  # the share the learned sink took, however the row was normalised
                 mass = learned_sink_mass(lse, sink) if shown is None else (1 - p.sum(-1)).clamp_min(0.0)
                 mass = mass if weight is None else mass * weight[..., 0]
-            chunk = Chunk(q0, q1, nk, plan.cols, p, lse, stats, mass, scores_fn=lambda: scores(q0, q1, plan),
-                          _scores=shown, kept_fn=None if by_rule else lambda: _plan_kept(plan, q1 - q0))
+            chunk = Chunk(q0, q1, nk, plan.cols, p, lse, stats, mass,
+                          scores_fn=lambda: plan.mask_scores(s) if shown is None else shown, _scores=shown,
+                          kept_fn=None if by_rule else lambda: _plan_kept(plan, q1 - q0))
         return Rows(out, lse, dead, chunk)
 
     return run_chunks(q, nk, dv, step, chunk=call.chunk, sinks=call.sinks, want_probs=call.want_probs,
                       want_lse=call.want_lse)
+
+
+def _row_stats(p, s, lse, top, dead, plan: ChunkPlan, q0: int, q1: int, sink, causal_1d: bool) -> dict:
+    """kernels.maps.STATS of a softmax chunk from quantities this pass already has: entropy = lse·Σp − Σ p·s,
+    max probability = exp(max s − lse), distance = i·Σp − Σ p·j on causal 1D rows (every kept j ≤ i).
+    s: the scores with masked entries 0 (p is 0 there)."""
+    mass = torch.where(dead, 0.0, 1.0) if sink is None else torch.where(dead, 0.0, 1.0 - learned_sink_mass(lse, sink))
+    safe_lse = torch.where(dead, 0.0, lse)
+    stats = {
+        "entropy": torch.where(dead, 0.0, safe_lse * mass - torch.einsum("bhcw,bhcw->bhc", p, s)),
+        "maxp": torch.where(dead, 0.0, torch.exp(top - safe_lse)),
+        "sink": p[..., 0] if int(plan.kv_idx[0]) == 0 else torch.zeros_like(lse),
+    }
+    if causal_1d:
+        i = torch.arange(q0, q1, device=p.device, dtype=torch.float32)
+        stats["distance"] = i * mass - torch.matmul(p, plan.kv_idx.to(p.dtype))
+    return stats
 
 
 def _planner(call: Call, keep=None):
@@ -307,41 +322,6 @@ def _row_probs(row_probs, s, sink, q_idx, kv_idx, ctx) -> torch.Tensor:
     sink_col = sink.expand(*s.shape[:-1], 1)
     p = row_probs(torch.cat([s, sink_col], dim=-1), q_idx, torch.cat([kv_idx, kv_idx.new_tensor([-1])]), ctx)
     return p[..., :-1]
-
-
-def _extended_values(v, k, native, fused: bool, causal_1d: bool) -> torch.Tensor:
-    """v, or [v | k | j | key bias] so that one matmul with the probabilities also gives Σ p·k, Σ p·j, Σ p·b."""
-    if not fused:
-        return v
-    B, H, nk, _ = k.shape
-    parts = [v, k]
-    if causal_1d:
-        parts.append(torch.arange(nk, device=k.device, dtype=torch.float32).expand(B, H, nk)[..., None])
-    if native.key_bias is not None:
-        parts.append(native.key_bias.float().expand(B, H, nk)[..., None])
-    return torch.cat([x.expand(B, H, nk, x.shape[-1]) for x in parts], dim=-1)
-
-
-def _fused_stats(r, p, qs, lse, top, dead, plan: ChunkPlan, q0, q1, native, dv, causal_1d) -> dict:
-    """Row statistics of kernels.maps.STATS from the extended output r = p @ [v | k | j | b] of one chunk."""
-    d = qs.shape[-1]
-    sink = _sink_logits(native)
-    mass = torch.where(dead, 0.0, 1.0) if sink is None else torch.where(dead, 0.0, 1.0 - learned_sink_mass(lse, sink))
-    ps = (qs * r[..., dv:dv + d]).sum(-1)  # Σ_j p_ij s_ij, s = q·k·scale (+ key bias)
-    if native.key_bias is not None:
-        ps = ps + r[..., -1]
-    safe_lse = torch.where(dead, 0.0, lse)
-    stats = {
-        "entropy": torch.where(dead, 0.0, safe_lse * mass - ps),
-        "maxp": torch.where(dead, 0.0, torch.exp(top - safe_lse)),
-        "sink": p[..., 0] if int(plan.kv_idx[0]) == 0 else torch.zeros_like(lse),
-    }
-    if causal_1d:  # every kept key is at or before its query: d(i, j) = i − j
-        i = torch.arange(q0, q1, device=qs.device, dtype=torch.float32)
-        stats["distance"] = i * mass - r[..., dv + d]
-    if sink is not None:
-        stats["learned_sink"] = torch.where(dead & torch.isneginf(lse), 0.0, learned_sink_mass(lse, sink))
-    return stats
 
 
 # ---------------------------------------------------------------- tiles
