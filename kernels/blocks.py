@@ -24,7 +24,7 @@ import torch
 
 from kernels.core import and_masks, index_grid
 
-KEY_BLOCK = 64
+KEY_BLOCK = 32
 GATHER_BELOW = 0.9  # gather the kept blocks only when they are at most this fraction of the candidate keys
 
 
@@ -33,8 +33,9 @@ class ChunkPlan:
     """The keys one query chunk computes.
 
     cols: the kept keys (ascending), a slice or a long index; kv_idx the same as a tensor.
-    masks: (a, b, keep) for the partial tiles: columns a:b of the gathered scores are masked where
-        keep (1|B, 1|H, c, b − a) is False; full tiles have none.
+    masks: (a, b, bias) for the partial tiles: bias (1|B, 1|H, c, b − a) float, 0 where kept and −inf
+        where masked, is added to columns a:b of the gathered scores (an add is far cheaper than a
+        broadcast masked_fill); full tiles have none.
     kept: fraction of the candidate tiles computed (1.0 without a mask).
     """
 
@@ -42,33 +43,35 @@ class ChunkPlan:
     kv_idx: torch.Tensor
     masks: tuple[tuple[int, int, torch.Tensor], ...]
     kept: float
-    _dense: torch.Tensor | None = None
+    _bias: torch.Tensor | None = None
+    _keep: torch.Tensor | None = None
 
     @property
     def width(self) -> int:
         return int(self.kv_idx.numel())
 
-    def dense_keep(self) -> torch.Tensor | None:
-        """The keep mask over every gathered column (1|B, 1|H, c, w), or None when all are kept; made once."""
-        if not self.masks:
-            return None
-        if self._dense is None:
+    def dense_bias(self) -> torch.Tensor | None:
+        """The mask over every gathered column as a (1|B, 1|H, c, w) additive bias, or None when all are
+        kept; made once."""
+        if self.masks and self._bias is None:
             shape = torch.broadcast_shapes(*(m.shape[:-1] for _, _, m in self.masks))
-            keep = torch.ones(*shape, self.width, dtype=torch.bool, device=self.kv_idx.device)
+            bias = torch.zeros(*shape, self.width, device=self.kv_idx.device)
             for a, b, m in self.masks:
-                keep[..., a:b] = m
-            self._dense = keep
-        return self._dense
+                bias[..., a:b] = m
+            self._bias = bias
+        return self._bias
 
-    def mask_scores(self, s: torch.Tensor, value: float = float("-inf")) -> torch.Tensor:
-        """Set the masked scores of the partial tiles to −inf (or `value`), in place."""
-        for a, b, keep in self.masks:
-            s[..., a:b].masked_fill_(~keep, value)
+    def dense_keep(self) -> torch.Tensor | None:
+        """The same as a bool keep mask, or None; made once."""
+        if self.masks and self._keep is None:
+            self._keep = torch.isfinite(self.dense_bias())
+        return self._keep
+
+    def mask_scores(self, s: torch.Tensor) -> torch.Tensor:
+        """Mask the partial tiles of the scores s (..., c, w), in place."""
+        for a, b, bias in self.masks:
+            s[..., a:b] += bias
         return s
-
-    def unmasked(self, s: torch.Tensor) -> torch.Tensor:
-        """The masked scores set to 0 in place, so products with probabilities (0 there) stay finite."""
-        return self.mask_scores(s, 0.0)
 
 
 def chunk_plan(keep: torch.Tensor | None, hi: int, device, *, block: int | None = None) -> ChunkPlan:
@@ -91,7 +94,7 @@ def chunk_plan(keep: torch.Tensor | None, hi: int, device, *, block: int | None 
     all_kept = per_tile(True, torch.all)
     kept_blocks = any_kept.nonzero().squeeze(1).tolist()
     if not kept_blocks:  # no row sees any key: one masked key keeps the shapes valid
-        dead = torch.zeros(*keep.shape[:-1], 1, dtype=torch.bool, device=device)
+        dead = torch.full((*keep.shape[:-1], 1), float("-inf"), device=device)
         return ChunkPlan(slice(0, 1), torch.zeros(1, dtype=torch.long, device=device), ((0, 1, dead),), 0.0)
     kept = len(kept_blocks) / nb
     if kept > GATHER_BELOW:  # gathering would copy nearly every key: compute them all, mask the empty ones
@@ -113,7 +116,7 @@ def chunk_plan(keep: torch.Tensor | None, hi: int, device, *, block: int | None 
             else:
                 segments.append([at, at + up - lo, [keep[..., lo:up]]])
         at += up - lo
-    masks = tuple((a, b, _cat(tiles)) for a, b, tiles in segments)
+    masks = tuple((a, b, torch.zeros(()).masked_fill(~_cat(tiles), float("-inf"))) for a, b, tiles in segments)
     return ChunkPlan(cols, kv_idx, masks, kept)
 
 

@@ -1,7 +1,7 @@
 """Pick the attention path for one call.
 
 Only what is asked is computed. Output only (no probabilities, LSE or sinks): `full` goes to fused
-SDPA, a static mask to SDPA over the keys each query chunk's block plan keeps. GPU: the Triton
+SDPA, a static mask or a model mask to SDPA over the keys each query chunk's block plan keeps. GPU: the Triton
 kernels where the variant has a kernel form (output + LSE, then the maps pass for pooled maps and
 row statistics). Everything else, and whatever a faster path cannot express exactly (the model's
 own soft cap, biases or learned sinks), takes the block-sparse reference path.
@@ -38,8 +38,8 @@ def attend(
     (`native`, kernels/native.py; None is plain softmax attention). k and v carry as many heads as q."""
     plain = native is None or native.is_plain
     output_only = not want_probs and not want_lse and not sinks
-    if output_only and plain and variant.is_full:
-        return _sdpa(q, k, v, scale, ctx, model_mask)
+    if output_only and plain and variant.is_full and model_mask_of(model_mask, ctx) is None:
+        return _sdpa(q, k, v, scale, ctx)
     if output_only and plain and _masks_only(variant, ctx, q.shape[1]):
         return sdpa_chunks(Call(q, k, v, scale, ctx, variant, model_mask, want_lse=False))
     if q.is_cuda and not want_probs and plain:
@@ -80,17 +80,9 @@ def _triton(q, k, v, scale, ctx, variant, model_mask, sinks) -> AttnOut | None:
     return res
 
 
-def _sdpa(q, k, v, scale, ctx, model_mask) -> AttnOut:
+def _sdpa(q, k, v, scale, ctx) -> AttnOut:
+    """Plain attention, causal or not, in one fused SDPA call (no N×N mask is ever built)."""
     B, H, N, _ = q.shape
-    self_attn = N == k.shape[2]
-    model_mask = model_mask_of(model_mask, ctx)  # plain causal: is_causal keeps SDPA on its fused path
-    mask = None if model_mask is None else model_mask.rows(0, N)
-    causal = ctx.causal and self_attn and mask is None
-    if mask is not None and ctx.causal and self_attn:
-        mask = mask & torch.ones(N, N, dtype=torch.bool, device=q.device).tril()
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
-    empty = torch.zeros(B, H, N, dtype=torch.bool, device=q.device)
-    if mask is not None:  # SDPA gives NaN rows where every key is masked; we promise zeros
-        empty = ~mask.any(-1).expand(B, H, N)
-        out = out.masked_fill(empty[..., None], 0.0)
-    return AttnOut(out=out.float(), lse=None, empty=empty)
+    causal = ctx.causal and N == k.shape[2]
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    return AttnOut(out=out.float(), lse=None, empty=torch.zeros(B, H, N, dtype=torch.bool, device=q.device))

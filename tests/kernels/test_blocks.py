@@ -148,3 +148,31 @@ def test_plans_are_made_once_per_forward_pass(small_blocks):
     for layer in range(3):  # the layers of one pass share the variant, the context tensors and the mask
         attention(q, k, v, scale=0.3, ctx=ctx.with_layer(layer, 4), variant=variant, chunk=5)
     assert len(small_blocks) == 6  # one plan per chunk, not per chunk and layer
+
+
+class Padding:
+    """Batch item 1 hides its last 6 keys, and its rows 0..2 see nothing at all."""
+
+    def __init__(self, n):
+        self.keep = torch.ones(2, 1, n, n, dtype=torch.bool)
+        self.keep[1, :, :, n - 6:] = False
+        self.keep[1, :, :3] = False
+
+    def rows(self, q0, q1):
+        return self.keep[:, :, q0:q1]
+
+
+@pytest.mark.parametrize("spec,kind", cases(STATIC + ["full"]))
+@pytest.mark.parametrize("padded", [False, True])
+def test_output_only_path_equals_the_softmax_path(spec, kind, padded, small_blocks):
+    """Asked for the output alone, dispatch runs fused SDPA over each chunk's kept keys: the same output."""
+    from kernels.dispatch import attend
+
+    ctx, variant = CONTEXTS[kind](), parse_variant(spec)
+    q, k, v = qkv(ctx)
+    mask = Padding(ctx.n) if padded else None
+    fast = attend(q, k, v, scale=0.4, ctx=ctx, variant=variant, model_mask=mask, want_lse=False)
+    ref = attention(q, k, v, scale=0.4, ctx=ctx, variant=variant, model_mask=mask)
+    assert fast.lse is None and not torch.isnan(fast.out).any()
+    torch.testing.assert_close(fast.out, ref.out, atol=1e-5, rtol=1e-5)
+    assert torch.equal(fast.empty, ref.empty)
