@@ -352,7 +352,7 @@ def compare_outputs(lm: LoadedModel, batch: Batch, ref: torch.Tensor, outs: list
         labels = ids[c0 + 1:c1 + 1]
         for out, acc in zip(outs, sums):
             t0 = time.perf_counter()
-            lv = lm_log_probs(lm, out[c0:c1])
+            lv = lf if out is ref else lm_log_probs(lm, out[c0:c1])  # `full` everywhere is the reference
             kl, agree = _kl_agree(lf, lv)
             nll = -lv[: len(labels)].gather(-1, labels[:, None].to(lv.device)).sum()
             acc.update(n=acc["n"] + c1 - c0, kl=acc["kl"] + kl, agree=acc["agree"] + agree,
