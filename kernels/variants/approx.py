@@ -24,7 +24,7 @@ from kernels.context import TokenContext
 from kernels.core import NEG_INF, AttnOut, Chunk, Rows, chunk_ranges, mask_coverage, run_chunks, softmax_lse
 from kernels.variants.base import Param, Variant, VariantError
 from kernels.variants.content import ALL_KINDS, group_mean
-from kernels.variants.registry import parse_variant, register
+from kernels.variants.registry import parse_inner, register
 
 BIDIRECTIONAL = frozenset({"bidirectional", "vit"})
 
@@ -437,11 +437,6 @@ class _CorrectedProbs:
             sink(wide)
 
 
-def unwrap(text: str) -> str:
-    text = text.strip()
-    return text[1:-1].strip() if text.startswith("[") and text.endswith("]") else text
-
-
 @register
 class DeltaCorrection(Approximation):
     """Δ attention (Willette, Lee & Hwang, 2025, arXiv:2505.11254).
@@ -470,14 +465,7 @@ class DeltaCorrection(Approximation):
 
     def __init__(self, **values):
         super().__init__(**values)
-        text = unwrap(self.values["inner"])
-        if text.partition(":")[0].strip() == self.name:
-            raise VariantError("delta_correction: parameter inner cannot be delta_correction itself")
-        try:
-            self.inner_variant = parse_variant(text)
-        except VariantError as exc:
-            raise VariantError(f"delta_correction: parameter inner={text!r} is not usable: {exc}") from None
-        self.values["inner"] = f"[{text}]"  # so that spec() parses back
+        self.inner_variant, self.values["inner"] = parse_inner(self.name, self.values["inner"])
         self.needs_calibration = bool(getattr(self.inner_variant, "needs_calibration", False))
 
     def check(self, ctx: TokenContext) -> None:

@@ -8,7 +8,7 @@ import torch
 from kernels.context import TokenContext
 from kernels.errors import VariantError
 from kernels.variants.base import FlexSource, Param, Variant
-from kernels.variants.registry import parse_variant, register
+from kernels.variants.registry import parse_inner, register
 from kernels.variants.score_mods import _parse_floats
 from kernels.variants.static_masks import BOTH, special_pair
 
@@ -53,15 +53,7 @@ class Document(Variant):
 
     def __init__(self, **values):
         super().__init__(**values)
-        text = self.values["inner"].strip()
-        text = text[1:-1].strip() if text.startswith("[") and text.endswith("]") else text
-        if text.partition(":")[0].strip() == self.name:
-            raise VariantError("document: parameter inner cannot be document itself")
-        try:
-            self.inner = parse_variant(text)
-        except VariantError as exc:
-            raise VariantError(f"document: parameter inner={text!r} is not usable: {exc}") from None
-        self.values["inner"] = f"[{text}]" if ":" in text else text  # so that spec() parses back
+        self.inner, self.values["inner"] = parse_inner(self.name, self.values["inner"])
         lengths = _parse_floats(self.name, "lengths", self.values["lengths"], positive=True)
         if any(x != int(x) for x in lengths):
             raise VariantError(f"document: lengths={self.values['lengths']!r} must be whole numbers of tokens")
