@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+
+from kernels.context import TokenContext
+from kernels.kernel_form import BIAS_DISTANCE, KernelSpec
 from kernels.variants.registry import register
 from kernels.variants.score_mods import ScoreMod
 from kernels.variants.static_masks import BOTH
@@ -35,3 +39,8 @@ class Alibi(ScoreMod):
 
     def rule_kwargs(self, values, sizes):
         return {"n_heads": sizes.n_heads}
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec:
+        n_heads = ctx.n_heads
+        return KernelSpec(bias=BIAS_DISTANCE,
+                          head_coef=lambda heads: -alibi_slope(torch.arange(heads, dtype=torch.float64), n_heads))

@@ -7,6 +7,7 @@ A variant changes attention through at most these hooks (all optional):
                                                        masked scores s (B, H, c, w) of keys kv_idx (w,)
   row_probs(s, q_idx, kv_idx, ctx) -> probs            a different normaliser (entmax, relaxed, ...)
   head_weight(ctx, heads) -> (H,) or None              scale each head's output and maps (head_ablation)
+  kernel_form(ctx) -> KernelSpec or None               its form in the Triton kernels (kernels/kernel_form.py)
   attend(call) -> AttnOut                              replaces the whole computation; `call` is a
                                                        kernels.reference.Call (q, k, v, the mask, the
                                                        model's own attention, sinks, and the engine)
@@ -145,6 +146,11 @@ class Variant:
         return None
 
     def score_mod(self, ctx: TokenContext):
+        return None
+
+    def kernel_form(self, ctx: TokenContext):
+        """The variant as the Triton kernels run it (a kernels.kernel_form.KernelSpec), or None: the
+        reference path runs it. Declared in the variant's own file, next to its rule."""
         return None
 
     def head_weight(self, ctx: TokenContext, heads: int):

@@ -27,6 +27,7 @@ import torch
 
 from kernels.context import TokenContext
 from kernels.core import NEG_INF, softmax_lse
+from kernels.kernel_form import MASK_GROUP, ContentTables, KernelSpec
 from kernels.variants.base import Param, Variant, VariantError
 from kernels.variants.registry import register
 
@@ -246,20 +247,29 @@ class Routing2D(Variant):
         Param("k", int, 4, "regions kept per region", low=1),
     )
 
-    def attend(self, call):
-        q, k, ctx = call.q, call.k, call.dctx
+    def routes(self, q, k, ctx: TokenContext):
+        """(routed (B, H, R, R) bool, region of each token, the same for keys). k may carry fewer (kv) heads."""
         if k.shape[2] != q.shape[2]:
             raise VariantError("routing_2d needs self-attention (as many keys as queries)")
         region, n_regions = grid_regions(ctx, self.S)
         region = region.to(q.device)
         q_mean, _ = group_mean(q, region, n_regions)  # (B,H,R,D)
         k_mean, _ = group_mean(k, region, n_regions)
+        k_mean = k_mean.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         affinity = torch.matmul(q_mean, k_mean.transpose(-1, -2))  # (B,H,R,R)
         if ctx.causal:  # a chunk never routes to a later chunk
             later = torch.ones(n_regions, n_regions, dtype=torch.bool, device=q.device).triu(1)
             affinity = affinity.masked_fill(later, NEG_INF)
-        routed = top_k_mask(affinity, self.k)
-        return call.softmax(keep=pooled_keep_fn(routed, region, region, ctx))
+        return top_k_mask(affinity, self.k), region, region
+
+    def attend(self, call):
+        return call.softmax(keep=pooled_keep_fn(*self.routes(call.q, call.k, call.dctx), call.dctx))
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec:
+        def content(q, k):
+            return ContentTables(group=self.routes(q, k, ctx.to(q.device))) if k.shape[2] == q.shape[2] else None
+
+        return KernelSpec(mask=MASK_GROUP, content=content)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,21 +298,27 @@ class BlockTopK(Variant):
         Param("blocks", int, 8, "key blocks kept per query block", low=1),
     )
 
-    def attend(self, call):
-        q, k, ctx = call.q, call.k, call.dctx
+    def chosen(self, q, k, ctx: TokenContext):
+        """(chosen (B, H, nq, nkb) bool, block of each query, block of each key). k may carry fewer (kv) heads."""
         N, Nk, dev = q.shape[2], k.shape[2], q.device
         q_block, k_block = torch.arange(N, device=dev) // self.b, torch.arange(Nk, device=dev) // self.b
         nq, nkb = -(-N // self.b), -(-Nk // self.b)
         q_mean, _ = group_mean(q, q_block, nq)
         k_mean, _ = group_mean(k, k_block, nkb)
+        k_mean = k_mean.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         pooled = torch.matmul(q_mean, k_mean.transpose(-1, -2))  # (B,H,nq,nkb)
         qb, kb = torch.arange(nq, device=dev)[:, None], torch.arange(nkb, device=dev)[None, :]
         forced = (kb == qb) | (kb == 0)
         pooled = pooled.masked_fill(forced, float("inf"))
         if ctx.causal and N == Nk:
             pooled = pooled.masked_fill(kb > qb, NEG_INF)
-        chosen = top_k_mask(pooled, self.blocks) | forced
-        return call.softmax(keep=pooled_keep_fn(chosen, q_block, k_block, ctx))
+        return top_k_mask(pooled, self.blocks) | forced, q_block, k_block
+
+    def attend(self, call):
+        return call.softmax(keep=pooled_keep_fn(*self.chosen(call.q, call.k, call.dctx), call.dctx))
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec:
+        return KernelSpec(mask=MASK_GROUP, content=lambda q, k: ContentTables(group=self.chosen(q, k, ctx)))
 
 
 # ---------------------------------------------------------------------------------------------

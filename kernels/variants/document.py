@@ -7,6 +7,7 @@ import torch
 
 from kernels.context import TokenContext
 from kernels.errors import VariantError
+from kernels.kernel_form import MASK_GROUP, ContentTables, KernelSpec
 from kernels.variants.base import FlexSource, Param, Variant
 from kernels.variants.registry import parse_inner, register
 from kernels.variants.score_mods import _parse_floats
@@ -115,6 +116,15 @@ class Document(Variant):
 
     def calibrate(self, *args):
         return self.inner.calibrate(*args)
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec | None:
+        """Documents as groups with an identity table (specials stay global in the kernels too); inner=full only."""
+        if not self.inner.is_full:
+            return None
+        docs = self.doc_ids(ctx)
+        table = torch.eye(int(docs.max()) + 1, dtype=torch.bool, device=docs.device)[None, None]
+        return KernelSpec(mask=MASK_GROUP, content=lambda q, k: ContentTables(
+            group=(table.to(q.device), docs.to(q.device), docs.to(q.device))) if k.shape[2] == len(docs) else None)
 
     def auto_value(self, name, ctx):
         return None  # sep=auto: the context's separators

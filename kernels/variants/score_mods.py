@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import re
+from typing import ClassVar
 
 import torch
 
 from kernels.context import TokenContext
 from kernels.core import softmax_lse
+from kernels.kernel_form import BIAS_D2_TABLE, BIAS_DISTANCE, BIAS_GRID_D2, BIAS_MANHATTAN, ContentTables, KernelSpec
 from kernels.variants.base import FlexSource, Param, Variant, VariantError
 from kernels.variants.registry import register
 from kernels.variants.static_masks import BOTH, VIT, RuleVariant, special_pair
@@ -46,11 +48,15 @@ def gaussian_coefficient(sigma, lam):
     return max(-lam / 2 / sigma / sigma, -1e4)  # divided twice: σ² itself may underflow to 0
 
 
-def gaussian_2d(r_q, c_q, r_kv, c_kv, sigmas, log_weights, lam):
-    """log Σ_m w_m·exp(−λ·d²/(2σ_m²)), d the Euclidean grid distance; one σ gives −λ·d²/(2σ²)."""
-    d2 = (r_q - r_kv) ** 2 + (c_q - c_kv) ** 2
+def gaussian_mixture(d2, sigmas, log_weights, lam):
+    """log Σ_m w_m·exp(−λ·d²/(2σ_m²)) of squared distances d2; one σ gives −λ·d²/(2σ²)."""
     terms = [log_w + gaussian_coefficient(sigma, lam) * d2 for sigma, log_w in zip(sigmas, log_weights)]
     return torch.logsumexp(torch.stack(terms), dim=0)
+
+
+def gaussian_2d(r_q, c_q, r_kv, c_kv, sigmas, log_weights, lam):
+    """The Gaussian mixture of the squared Euclidean grid distance d² = Δr² + Δc²."""
+    return gaussian_mixture((r_q - r_kv) ** 2 + (c_q - c_kv) ** 2, sigmas, log_weights, lam)
 
 
 # ---------------------------------------------------------------- pure score modifiers
@@ -78,9 +84,16 @@ class RetentionDecay(ScoreMod):
 
     helpers = (retention_log_gamma,)
     per_head = True
+    kernel_bias: ClassVar[int]  # the distance the kernels multiply by log γ_h
 
     def rule_kwargs(self, values, sizes):
         return {"a": values["a"], "b": values["b"], "n_heads": sizes.n_heads}
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec:
+        a, b, n_heads = self.a, self.b, ctx.n_heads
+        return KernelSpec(bias=self.kernel_bias, uses_grid=self.on_grid,
+                          head_coef=lambda heads: retention_log_gamma(torch.arange(heads, dtype=torch.float64), a, b,
+                                                                      n_heads))
 
 
 def _retention_params(a: float, b: float) -> tuple[Param, ...]:
@@ -101,6 +114,7 @@ class Decay1D(RetentionDecay):
     name = "decay_1d"
     applies_to = BOTH
     rule = staticmethod(decay_1d)
+    kernel_bias = BIAS_DISTANCE
     params = _retention_params(5.0, 3.0)
 
 
@@ -115,6 +129,7 @@ class ManhattanDecay(RetentionDecay):
     name = "manhattan_decay"
     applies_to = VIT
     rule = staticmethod(manhattan_decay)
+    kernel_bias = BIAS_MANHATTAN
     on_grid = True
     params = _retention_params(2.0, 5.0)
 
@@ -133,7 +148,7 @@ class Gaussian2D(ScoreMod):
     name = "gaussian_2d"
     applies_to = VIT
     rule = staticmethod(gaussian_2d)
-    helpers = (gaussian_coefficient,)
+    helpers = (gaussian_coefficient, gaussian_mixture)
     on_grid = True
     params = (
         Param("sigma", float, 2.0, "width in patches", low=0, low_open=True),
@@ -159,6 +174,17 @@ class Gaussian2D(ScoreMod):
 
     def rule_kwargs(self, values, sizes):
         return {"sigmas": self.mixture, "log_weights": self.log_weights, "lam": values["lam"]}
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec:
+        """One σ: a coefficient of the squared grid distance; a mixture: the bias tabled by squared distance."""
+        if len(self.mixture) == 1 and self.log_weights[0] == 0.0:
+            coef = gaussian_coefficient(self.mixture[0], self.lam)
+            return KernelSpec(bias=BIAS_GRID_D2, uses_grid=True,
+                              head_coef=lambda heads: torch.full((heads,), coef, dtype=torch.float64))
+        rows, cols = ctx.grid
+        d2 = torch.arange((rows - 1) ** 2 + (cols - 1) ** 2 + 1, dtype=torch.float64)
+        table = gaussian_mixture(d2, self.mixture, self.log_weights, self.lam)
+        return KernelSpec(bias=BIAS_D2_TABLE, d2_table=table, uses_grid=True)
 
 
 def _parse_floats(variant: str, param: str, text: str, positive: bool) -> tuple[float, ...]:
@@ -210,6 +236,20 @@ def polyline_biases(log_alpha, log_beta, r_q, c_q, r_kv, c_kv):
     return horizontal_first, vertical_first
 
 
+def polyline_tables(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prefix sums polyline_biases reads, flattened row-major per cell, as the Triton kernels take them.
+
+    Returns (row table, column table), each (..., 2, rows·cols): [0] inclusive, [1] exclusive sums.
+    Moving along row r from column a to b ≥ a sums row[0][r, b] − row[0][r, a]; to b < a it sums
+    row[1][r, a] − row[1][r, b] (the token stepped onto counts, the start does not).
+    """
+    along_row = log_alpha.cumsum(-1)
+    along_col = log_beta.cumsum(-2)
+    row = torch.stack([along_row, along_row - log_alpha], dim=-3).flatten(-2)
+    col = torch.stack([along_col, along_col - log_beta], dim=-3).flatten(-2)
+    return row, col
+
+
 def neighbour_similarity(k_grid: torch.Tensor, dim: int) -> torch.Tensor:
     """Mean cosine similarity of each cell's key with its neighbours along `dim` (-3 rows, -2 cols).
 
@@ -256,6 +296,14 @@ class PolylinePath(Variant):
 
     def flex_snippet(self, ctx_kind=None, **sizes):
         raise VariantError(f"{self.name} mixes two softmaxes; it has no FlexAttention form (not a single score_mod)")
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec:
+        """Two online softmaxes in one kernel pass, the path biases from per-(kv-)head prefix-sum tables."""
+
+        def content(q, k):
+            return ContentTables(polyline=polyline_tables(*self.log_decays(k, ctx.to(k.device))))
+
+        return KernelSpec(paths=2, content=content, uses_grid=True)
 
     def log_decays(self, k: torch.Tensor, ctx: TokenContext) -> tuple[torch.Tensor, torch.Tensor]:
         """log α, log β per grid cell: (1, 1, rows, cols) constants, or (B, H, rows, cols) edge-aware."""
@@ -369,6 +417,9 @@ class HeadAblation(Variant):
         weight = torch.ones(heads)
         weight[self.ablated_heads(ctx.layer, heads)] = 0.0
         return weight
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec:
+        return KernelSpec(zero_heads=tuple(self.ablated_heads(ctx.layer, ctx.n_heads)))
 
 
 _PAIR = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)")

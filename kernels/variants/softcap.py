@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from kernels.context import TokenContext
+from kernels.kernel_form import SCORE_SOFTCAP, KernelSpec
 from kernels.variants.base import FlexSource, Param, Variant
 from kernels.variants.registry import register
 from kernels.variants.static_masks import BOTH
@@ -35,3 +36,6 @@ class Softcap(Variant):
 
     def flex_source(self, ctx_kind: str) -> FlexSource:
         return FlexSource(functions=(softcap,), score=f"softcap(score, {self.c!r})")
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec:
+        return KernelSpec(score=SCORE_SOFTCAP, cap=self.c)

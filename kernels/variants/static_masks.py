@@ -9,11 +9,13 @@ the parameter values to its rule, keeps a ViT's special tokens global, and can w
 same rule as a FlexAttention snippet (kernels/flex.py). The causal mask of a causal model is
 ANDed by the attention path (kernels/reference.py, kernels/flex.py), not by the rules.
 
-`RuleVariant` (the shared machinery for rules) is also the base of the score modifiers.
+`RuleVariant` (the shared machinery for rules) is also the base of the score modifiers. A static
+mask's Triton form is its rule itself (`StaticMask.kernel_form`), so a new mask touches one file.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from kernels.context import TokenContext
+from kernels.kernel_form import MASK_RULE, MAX_INTS, KernelSpec
 from kernels.variants.base import FlexSource, Param, Variant, VariantError
 from kernels.variants.registry import register
 
@@ -169,6 +172,15 @@ class StaticMask(RuleVariant):
 
     def flex_source(self, ctx_kind: str) -> FlexSource:
         return FlexSource(functions=(*self.helpers, self.rule), mask=self.rule_source(ctx_kind))
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec | None:
+        """The same rule in the Triton kernels, its integer parameters in the rule's own order."""
+        kwargs = self.rule_kwargs(self.resolved(ctx), Sizes.of(ctx))
+        names = list(inspect.signature(self.rule).parameters)[4 if self.on_grid else 2:]
+        if self.per_head or self.helpers or len(names) > MAX_INTS or any(type(kwargs[n]) is not int for n in names):
+            return None
+        return KernelSpec(mask=MASK_RULE, rule=self.rule, rule_grid=self.on_grid, ints=tuple(kwargs[n] for n in names),
+                          uses_grid=self.on_grid)
 
 
 # ---------------------------------------------------------------- the variants
