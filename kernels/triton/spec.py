@@ -28,4 +28,5 @@ def kernel_spec(variant: Variant, ctx: TokenContext) -> KernelSpec | None:
     return spec
 
 
-SUPPORTED = tuple(name for name, cls in REGISTRY.items() if cls.kernel_form is not Variant.kernel_form)
+SUPPORTED = tuple(name for name, cls in REGISTRY.items()
+                  if cls.kernel_form is not Variant.kernel_form and not cls.widens_mask)

@@ -38,6 +38,3 @@ class PrefixLM(StaticMask):
 
     def flex_source(self, ctx_kind: str) -> FlexSource:
         return FlexSource(functions=(prefix_lm,), mask=self.rule_source(ctx_kind), widens=True)
-
-    def kernel_form(self, ctx: TokenContext):
-        return None  # the kernels AND every rule with causality; widening it is the reference path's job

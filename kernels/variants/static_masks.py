@@ -174,10 +174,12 @@ class StaticMask(RuleVariant):
         return FlexSource(functions=(*self.helpers, self.rule), mask=self.rule_source(ctx_kind))
 
     def kernel_form(self, ctx: TokenContext) -> KernelSpec | None:
-        """The same rule in the Triton kernels, its integer parameters in the rule's own order."""
+        """The same rule in the Triton kernels, its integer parameters in the rule's own order. (The kernels
+        AND every rule with causality: a mask that widens it runs on the reference path.)"""
         kwargs = self.rule_kwargs(self.resolved(ctx), Sizes.of(ctx))
         names = list(inspect.signature(self.rule).parameters)[4 if self.on_grid else 2:]
-        if self.per_head or self.helpers or len(names) > MAX_INTS or any(type(kwargs[n]) is not int for n in names):
+        if (self.widens_mask or self.per_head or self.helpers or len(names) > MAX_INTS
+                or any(type(kwargs[n]) is not int for n in names)):
             return None
         return KernelSpec(mask=MASK_RULE, rule=self.rule, rule_grid=self.on_grid, ints=tuple(kwargs[n] for n in names),
                           uses_grid=self.on_grid)
