@@ -198,23 +198,25 @@ class Allowed:
 
 
 class PlanCache:
-    """Plans of static masks for one forward pass, reused by every layer; a few passes are kept (LRU).
+    """Plans of static masks for one forward pass, reused by every layer; a few passes are kept (LRU),
+    and at most `max_bytes` of their masks (a dense-ish mask of a long input is not kept: it is
+    worked out again per layer instead of holding hundreds of MB).
 
     Held objects are compared by identity, so a recycled id() never matches; a model mask that
     depends on the input (padding) is keyed by its own object like any other.
     """
 
-    def __init__(self, size: int = 4):
-        self.size = size
-        self._entries: OrderedDict = OrderedDict()
+    def __init__(self, size: int = 4, max_bytes: int = 128 << 20):
+        self.size, self.max_bytes = size, max_bytes
+        self._entries: OrderedDict = OrderedDict()  # key -> (held, {q0: plan})
         self._lock = threading.Lock()
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
 
-    def plans(self, held: tuple, key: tuple) -> dict:
-        """The dict q0 -> ChunkPlan for this (held objects, key); empty on a miss."""
+    def plans(self, held: tuple, key: tuple) -> Plans:
+        """The plans q0 -> ChunkPlan of this (held objects, key); none yet on a miss."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or any(a is not b for a, b in zip(entry[0], held)):
@@ -223,7 +225,38 @@ class PlanCache:
                     self._entries.popitem(last=False)
             else:
                 self._entries.move_to_end(key)
-            return entry[1]
+            return Plans(self, entry[1])
+
+    def _room(self, plans: dict, need: int) -> bool:
+        """Whether `need` more bytes fit; older entries are dropped to make room."""
+        with self._lock:
+            used = sum(_bytes(p) for _, held in self._entries.values() for p in held.values())
+            while used + need > self.max_bytes and len(self._entries) > 1:
+                key, (_, old) = next(iter(self._entries.items()))
+                if old is plans:
+                    break
+                used -= sum(_bytes(p) for p in old.values())
+                del self._entries[key]
+            return used + need <= self.max_bytes
+
+
+class Plans:
+    """One entry of a PlanCache: get and put chunk plans."""
+
+    def __init__(self, cache: PlanCache, plans: dict):
+        self.cache, self._plans = cache, plans
+
+    def get(self, q0: int) -> ChunkPlan | None:
+        return self._plans.get(q0)
+
+    def __setitem__(self, q0: int, plan: ChunkPlan) -> None:
+        if self.cache._room(self._plans, _bytes(plan)):
+            self._plans[q0] = plan
+
+
+def _bytes(plan: ChunkPlan) -> int:
+    """The plan's masks, twice: its dense bias and keep mask (made on first use) are about as large again."""
+    return 2 * sum(m.numel() * m.element_size() for _, _, m in plan.masks)
 
 
 PLANS = PlanCache()

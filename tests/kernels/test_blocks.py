@@ -176,3 +176,19 @@ def test_output_only_path_equals_the_softmax_path(spec, kind, padded, small_bloc
     assert fast.lse is None and not torch.isnan(fast.out).any()
     torch.testing.assert_close(fast.out, ref.out, atol=1e-5, rtol=1e-5)
     assert torch.equal(fast.empty, ref.empty)
+
+
+def test_the_plan_cache_holds_a_bounded_amount_of_masks(monkeypatch):
+    """A dense-ish mask of a long input is worked out again per layer rather than held: same results."""
+    ctx = TokenContext.sequence(64, causal=True, n_heads=2)
+    variant = parse_variant("strided:l=3")
+    q, k, v = qkv(ctx)
+    blocks.PLANS.clear()
+    cached = attention(q, k, v, scale=0.4, ctx=ctx, variant=variant, chunk=8, want_probs=True)
+    monkeypatch.setattr(blocks.PLANS, "max_bytes", 1024)
+    blocks.PLANS.clear()
+    for _ in range(2):
+        capped = attention(q, k, v, scale=0.4, ctx=ctx, variant=variant, chunk=8, want_probs=True)
+        torch.testing.assert_close(capped.probs, cached.probs)
+    held = sum(blocks._bytes(p) for _, plans in blocks.PLANS._entries.values() for p in plans.values())
+    assert held <= 1024
