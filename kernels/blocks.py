@@ -156,8 +156,8 @@ def allowed_fn(variant, ctx, model_mask, batch: int, heads: int, nk: int, device
 
 
 class Allowed:
-    """f(q0, q1, hi=nk) -> bool keep mask broadcastable to (B, H, q1 − q0, hi) over keys [0, hi), or None
-    when every key is kept; `reach(q1)`: no row before q1 sees a key at or after it."""
+    """f(q0, q1, hi=nk) -> 4-D bool keep mask broadcastable to (B, H, q1 − q0, hi) over keys [0, hi), or
+    None when every key is kept; `reach(q1)`: no row before q1 sees a key at or after it."""
 
     def __init__(self, variant, ctx, model_mask, batch: int, heads: int, nk: int, device):
         self.mask_mod = variant.mask_mod(ctx)
@@ -181,7 +181,7 @@ class Allowed:
             keep = None if keep is None else keep[..., :hi].to(self.device)
         if self.causal:
             qi = torch.arange(q0, q1, device=self.device)[:, None]
-            keep = and_masks(keep, torch.arange(hi, device=self.device)[None, :] <= qi)
+            keep = and_masks(keep, (torch.arange(hi, device=self.device)[None, :] <= qi)[None, None])
         return keep
 
     def __call__(self, q0: int, q1: int, hi: int | None = None) -> torch.Tensor | None:

@@ -192,3 +192,12 @@ def test_the_plan_cache_holds_a_bounded_amount_of_masks(monkeypatch):
         torch.testing.assert_close(capped.probs, cached.probs)
     held = sum(blocks._bytes(p) for _, plans in blocks.PLANS._entries.values() for p in plans.values())
     assert held <= 1024
+
+
+@pytest.mark.parametrize("spec,kind", [("full", "causal"), ("full", "bidirectional"), ("strided:l=4", "causal"),
+                                       ("prefix_lm:n=3", "causal"), ("window_2d:M=2", "vit")])
+def test_allowed_is_always_four_dimensional(spec, kind):
+    """(1|B, 1|H, rows, keys) or None, whatever combination of rules made it (the mask lab indexes it so)."""
+    ctx = CONTEXTS[kind]()
+    keep = allowed_fn(parse_variant(spec), ctx, None, 1, ctx.n_heads, ctx.n, "cpu")(0, ctx.n)
+    assert keep is None if (spec, kind) == ("full", "bidirectional") else keep.dim() == 4
