@@ -14,7 +14,8 @@ same inputs and reports, per point:
   (at most `kl_rows` rows per input, evenly spaced, when N is larger), then the mean over heads.
   Both runs are end to end: layer l of the variant run sees the residual stream the variant
   produced in layers < l, exactly what analysis.compare reports for two traces of one input.
-  eps-safe as there: Σ_{p>0} p (log(p + ε) − log(q + ε)), ε = 1e-12, in float64. A sparse
+  eps-safe as there: Σ_{p>0} p (log(p + ε) − log(q + ε)), ε = 1e-12 (logs in float32, sums in
+  float64). A sparse
   variant gives 0 where full attention has mass, so its KL is dominated by log(1/ε) × that mass;
   `attn_mass_lost` reports the mass itself: the full-attention probability on keys the variant
   gives exactly 0, mean over rows, layers and heads.
@@ -114,8 +115,9 @@ def _split_top(text: str, sep: str) -> list[str]:
 
 class AttnStats:
     """Recorder counting kept scores per layer and head; with `reference` it also sums the KL of
-    sampled attention rows against the reference run. Without one it *is* a reference: it keeps
-    the sampled rows of its own run. Works on any batch size."""
+    sampled attention rows against the reference run. Without one it *is* a reference: it keeps the
+    sampled rows of its own run, each only up to its chunk's last key (causal rows: half of N on
+    average), with Σ p·log(p + ε) of each row. Works on any batch size."""
 
     def __init__(self, rows: torch.Tensor, reference: AttnStats | None = None, sparse_probs: bool = False):
         self.rows = rows  # sorted query indices used for the KL
@@ -125,55 +127,50 @@ class AttnStats:
         self.kl_sum: dict[int, torch.Tensor] = {}
         self.kl_count: dict[int, torch.Tensor] = {}
         self.lost_sum: dict[int, torch.Tensor] = {}  # full-attention mass on keys the variant gives 0
-        self.sampled: dict[int, list[torch.Tensor]] = {}  # reference only: layer -> chunks (B,H,r,Nk)
-        self.live: dict[int, list[torch.Tensor]] = {}  # reference only: the row has an allowed key
+        self.sampled: dict[tuple[int, int], tuple] = {}  # reference only: (layer, q0) -> (p rows, Σ p log p, live)
 
     def wants_probs(self, n: int) -> bool:
         return False
 
-    def record(self, layer, res, q, k, scale) -> None:
+    def record(self, layer, res, q, k, scale, native=None) -> None:
         pass
 
     def sinks(self, layer: int, ctx, q: torch.Tensor, k: torch.Tensor) -> tuple:
         rows = self.rows.to(q.device)
+        B, H = q.shape[:2]
 
-        def sink(q0: int, q1: int, p: torch.Tensor, s: torch.Tensor) -> None:
-            kept = torch.isfinite(s)
+        def sink(chunk) -> None:
+            q0, q1, p = chunk.q0, chunk.q1, chunk.p
+            kept = chunk.kept  # keys outside the chunk's columns are masked: they count as removed
             if self.sparse_probs:
                 kept = kept & (p > 0)
-            _add(self.kept, layer, kept.sum(dim=(0, 2, 3)).double())
+            _add(self.kept, layer, kept.sum(dim=(-2, -1)).expand(B, H).sum(0).double())
             lo, hi = torch.searchsorted(rows, q0), torch.searchsorted(rows, q1)
             if hi == lo:
                 return
             local = rows[lo:hi] - q0
-            p_rows = p[:, :, local].float()
+            reach = int(chunk.kv_idx[-1]) + 1  # no key at or after it has probability
+            p_rows = chunk.wide(p[:, :, local].float(), 0.0)[..., :reach]  # (B, H, r, reach)
+            live = kept[..., local, :].any(-1).expand(B, H, len(local))
             if self.reference is None:
-                self.sampled.setdefault(layer, []).append(p_rows.clone())
-                self.live.setdefault(layer, []).append(kept[:, :, local].any(-1))
+                ent = torch.einsum("bhrw,bhrw->bhr", p_rows, torch.log(p_rows + KL_EPS)).double()
+                self.sampled[(layer, q0)] = (p_rows.clone(), ent, live)
                 return
-            ref = self.reference
-            pf, pv = ref.probs(layer)[:, :, lo:hi].double(), p_rows.double()
-            live = ref.live_rows(layer)[:, :, lo:hi]
-            terms = torch.where(pf > 0, pf * (torch.log(pf + KL_EPS) - torch.log(pv + KL_EPS)), 0.0)
-            kl = terms.sum(-1).clamp_min(0.0).masked_fill(~live, 0.0)  # ≥ 0 up to rounding
-            lost = torch.where(pv == 0, pf, 0.0).sum(-1).masked_fill(~live, 0.0)
-            _add(self.kl_sum, layer, kl.sum(dim=(0, 2)).double())
-            _add(self.lost_sum, layer, lost.sum(dim=(0, 2)).double())
-            _add(self.kl_count, layer, live.sum(dim=(0, 2)).double())
+            pf, ent, ref_live = self.reference.sampled[(layer, q0)]
+            width = max(pf.shape[-1], reach)
+            pf, pv = _pad_to(pf, width), _pad_to(p_rows, width)
+            cross = torch.einsum("bhrw,bhrw->bhr", pf, torch.log(pv + KL_EPS)).double()
+            kl = (ent - cross).clamp_min(0.0).masked_fill(~ref_live, 0.0)  # ≥ 0 up to rounding
+            lost = torch.einsum("bhrw,bhrw->bhr", pf, (pv == 0).float()).double().masked_fill(~ref_live, 0.0)
+            _add(self.kl_sum, layer, kl.sum(dim=(0, 2)))
+            _add(self.lost_sum, layer, lost.sum(dim=(0, 2)))
+            _add(self.kl_count, layer, ref_live.sum(dim=(0, 2)).double())
 
         return (sink,)
 
-    def probs(self, layer: int) -> torch.Tensor:
-        chunks = self.sampled[layer]
-        if len(chunks) > 1:
-            self.sampled[layer] = [torch.cat(chunks, dim=2)]
-        return self.sampled[layer][0]
 
-    def live_rows(self, layer: int) -> torch.Tensor:
-        chunks = self.live[layer]
-        if len(chunks) > 1:
-            self.live[layer] = [torch.cat(chunks, dim=2)]
-        return self.live[layer][0]
+def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    return x if x.shape[-1] == width else torch.nn.functional.pad(x, (0, width - x.shape[-1]))
 
 
 def _add(acc: dict, key, value: torch.Tensor) -> None:
@@ -340,21 +337,37 @@ def _kl_agree(lf: torch.Tensor, lv: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def compare_outputs(lm: LoadedModel, batch: Batch, ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
-    """Sums for one batch: {"n": rows compared, "kl", "agree", and the task's own sums}."""
+def compare_outputs(lm: LoadedModel, batch: Batch, ref: torch.Tensor, outs: list[torch.Tensor]) -> list[dict]:
+    """Sums for one batch and each output in `outs`: {"n": rows compared, "kl", "agree", and the task's
+    own sums}, plus "seconds" spent on that output. A causal LM projects the reference once per
+    chunk of positions, shared by every output."""
     metric = task_metric(lm)
-    if metric == "perplexity":
-        ids = batch.enc.inputs["input_ids"][0]
-        sums = {"n": 0.0, "kl": 0.0, "agree": 0.0, "nll": 0.0, "scored": 0.0}
-        for c0 in range(0, out.shape[0], VOCAB_CHUNK):
-            c1 = min(out.shape[0], c0 + VOCAB_CHUNK)
-            lf, lv = lm_log_probs(lm, ref[c0:c1]), lm_log_probs(lm, out[c0:c1])
+    if metric != "perplexity":
+        return [_timed(lambda out=out: _compare_small(metric, batch, ref, out)) for out in outs]
+    ids = batch.enc.inputs["input_ids"][0]
+    sums = [{"n": 0.0, "kl": 0.0, "agree": 0.0, "nll": 0.0, "scored": 0.0, "seconds": 0.0} for _ in outs]
+    for c0 in range(0, ref.shape[0], VOCAB_CHUNK):
+        c1 = min(ref.shape[0], c0 + VOCAB_CHUNK)
+        lf = lm_log_probs(lm, ref[c0:c1])
+        labels = ids[c0 + 1:c1 + 1]
+        for out, acc in zip(outs, sums):
+            t0 = time.perf_counter()
+            lv = lf if out is ref else lm_log_probs(lm, out[c0:c1])  # `full` everywhere is the reference
             kl, agree = _kl_agree(lf, lv)
-            labels = ids[c0 + 1:c1 + 1]
             nll = -lv[: len(labels)].gather(-1, labels[:, None].to(lv.device)).sum()
-            sums.update(n=sums["n"] + c1 - c0, kl=sums["kl"] + kl, agree=sums["agree"] + agree,
-                        nll=sums["nll"] + float(nll), scored=sums["scored"] + len(labels))
-        return sums
+            acc.update(n=acc["n"] + c1 - c0, kl=acc["kl"] + kl, agree=acc["agree"] + agree,
+                       nll=acc["nll"] + float(nll), scored=acc["scored"] + len(labels),
+                       seconds=acc["seconds"] + time.perf_counter() - t0)
+    return sums
+
+
+def _timed(fn) -> dict:
+    t0 = time.perf_counter()
+    sums = fn()
+    return {**sums, "seconds": time.perf_counter() - t0}
+
+
+def _compare_small(metric: str | None, batch: Batch, ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
     if metric == "embedding_cosine":
         cos = F.cosine_similarity(ref, out, dim=-1)
         return {"n": float(len(cos)), "cos": float(cos.sum())}
@@ -411,10 +424,20 @@ class _Point:
 
     def absorb(self, stats: AttnStats, n_layers: int, n_heads: int) -> None:
         """Add one run's counts; `stats.reference.kept` is what the model's own mask allows."""
-        for name, source in (("kept", stats.kept), ("allowed", stats.reference.kept), ("kl_sum", stats.kl_sum),
-                             ("lost_sum", stats.lost_sum), ("kl_n", stats.kl_count)):
+        self._add(n_layers, n_heads, kept=stats.kept, allowed=stats.reference.kept, kl_sum=stats.kl_sum,
+                  lost_sum=stats.lost_sum, kl_n=stats.kl_count)
+
+    def absorb_reference(self, ref: AttnStats, n_layers: int, n_heads: int) -> None:
+        """`full` on every layer is the reference run: every allowed score kept, KL and mass lost 0."""
+        live = {}
+        for (layer, _), (_, _, rows_live) in ref.sampled.items():
+            _add(live, layer, rows_live.sum(dim=(0, 2)).double())
+        self._add(n_layers, n_heads, kept=ref.kept, allowed=ref.kept, kl_n=live)
+
+    def _add(self, n_layers: int, n_heads: int, **sources) -> None:
+        for name in ("kept", "allowed", "kl_sum", "lost_sum", "kl_n"):
             self.heads.setdefault(name, np.zeros((n_layers, n_heads)))
-            for layer, value in source.items():
+            for layer, value in sources.get(name, {}).items():
                 self.heads[name][layer] += value.numpy()
 
 
@@ -441,10 +464,11 @@ def sweep(lm: LoadedModel, specs: list[str] | str, *, batches: list[Batch] | Non
             continue
         seen.add(v.spec())
         v.check(ctx0)
-        calib = None
-        if getattr(v, "needs_calibration", False):
-            calib = calibrate(lm, v, default_calibration(lm))
-        points.append(_Point(label, v, calib))
+        points.append(_Point(label, v, None))
+    kl_rows = fit_memory(lm, batches, points, attention=attention, kl_rows=kl_rows, say=say)  # before any run
+    for pt in points:
+        if getattr(pt.variant, "needs_calibration", False):
+            pt.calibration = calibrate(lm, pt.variant, default_calibration(lm))
     where = frozenset(layers) if layers is not None else None
     for i, batch in enumerate(batches):
         say(f"input {i + 1}/{len(batches)}: full attention")
@@ -452,19 +476,72 @@ def sweep(lm: LoadedModel, specs: list[str] | str, *, batches: list[Batch] | Non
         ref_stats = AttnStats(rows) if attention else None
         with plan(CallPlan(FULL, batch.enc.ctx, recorder=ref_stats)):
             ref = model_output(lm, batch)
+        outs = []
         for pt in points:
+            if pt.variant.is_full and where is None:  # the reference run itself: nothing to run again
+                outs.append(ref)
+                if ref_stats is not None:
+                    pt.absorb_reference(ref_stats, lm.n_layers, lm.n_heads)
+                continue
             say(f"input {i + 1}/{len(batches)}: {pt.variant.spec()}")
             t0 = time.perf_counter()
             ctx = batch.enc.ctx if pt.calibration is None else replace(batch.enc.ctx, calibration=pt.calibration)
             stats = AttnStats(rows, ref_stats, sparse_probs=pt.variant.row_probs is not None) if attention else None
             with plan(CallPlan(pt.variant, ctx, recorder=stats, layers=where)):
-                out = model_output(lm, batch)
-            for key, value in compare_outputs(lm, batch, ref, out).items():
-                pt.sums[key] = pt.sums.get(key, 0.0) + value
+                outs.append(model_output(lm, batch))
             if stats is not None:
                 pt.absorb(stats, lm.n_layers, lm.n_heads)
             pt.seconds += time.perf_counter() - t0
+        for pt, sums in zip(points, compare_outputs(lm, batch, ref, outs)):
+            pt.seconds += sums.pop("seconds")
+            for key, value in sums.items():
+                pt.sums[key] = pt.sums.get(key, 0.0) + value
     return _result(lm, points, batches)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory
+# ---------------------------------------------------------------------------------------------
+
+ENGINE_BUFFERS = 6  # (B, H, chunk, N) float32 tensors the attention path holds at once (scores, probs, ...)
+MIN_KL_ROWS = 16
+
+
+def sweep_bytes(lm: LoadedModel, batches: list[Batch], points: list[_Point], *, attention: bool,
+                kl_rows: int) -> int:
+    """What a sweep holds at its peak besides the loaded model, in bytes (float32): one forward pass
+    (activations and the attention path's chunk buffers), the outputs of every point, the LM head's
+    chunk of log-probabilities, the reference's sampled attention rows, and a dam calibration."""
+    from models.memory import CHUNK
+
+    config = getattr(lm.module, "config", None)
+    hidden = getattr(config, "hidden_size", 1024)
+    vocab = getattr(config, "vocab_size", 0) if task_metric(lm) in ("perplexity", "masked_accuracy") else 0
+    L, H = lm.n_layers, lm.n_heads
+    n = max(b.enc.ctx.n for b in batches)
+    batch = max(_batch_size(b) for b in batches)
+    forward = batch * (16 * n * hidden + ENGINE_BUFFERS * H * min(CHUNK, n) * n) * 4
+    outputs = (len(points) + 1) * batch * n * max(hidden, 1) * 4
+    head = 5 * VOCAB_CHUNK * vocab * 4
+    rows = min(kl_rows, n)
+    sampled = L * H * batch * rows * n * 4 * (0.5 if lm.kind == "causal" else 1.0) if attention else 0
+    dam = max((L * H * min(n, 2048) ** 2 * 4 for pt in points if pt.variant.name == "dam"), default=0)
+    return int(forward + outputs + head + sampled + dam)
+
+
+def fit_memory(lm: LoadedModel, batches: list[Batch], points: list[_Point], *, attention: bool, kl_rows: int,
+               say=print) -> int:
+    """The number of KL rows per input that keeps the sweep inside the memory budget (halved from kl_rows
+    down to MIN_KL_ROWS, said in one line); a sweep that does not fit even then is refused before it runs."""
+    from models.memory import budget_bytes, require
+
+    budget, rows = budget_bytes(), kl_rows
+    while attention and rows > MIN_KL_ROWS and sweep_bytes(lm, batches, points, attention=True, kl_rows=rows) > budget:
+        rows = max(MIN_KL_ROWS, rows // 2)
+    if rows < kl_rows:
+        say(f"attention KL on {rows} rows per input instead of {kl_rows}, to stay inside the memory budget")
+    require(sweep_bytes(lm, batches, points, attention=attention, kl_rows=rows), "this sweep")
+    return rows
 
 
 def _result(lm: LoadedModel, points: list[_Point], batches: list[Batch]) -> SweepResult:

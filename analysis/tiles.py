@@ -7,6 +7,7 @@ import torch
 
 from analysis.context import context_of, variant_of
 from kernels.maps import exact_tile
+from kernels.native import NativeAttention
 
 MAX_TILE = 512  # a tile side the views can draw as a labelled heatmap
 
@@ -27,5 +28,17 @@ def tile(trace, layer: int, head: int, rows: tuple[int, int], cols: tuple[int, i
     k = torch.from_numpy(trace.k(layer))
     lse = torch.from_numpy(trace.lse(layer))
     out = exact_tile(q, k, lse, rows, cols, scale=trace.scale(layer), ctx=context_of(trace, layer),
-                     variant=variant_of(trace, layer))
+                     variant=variant_of(trace, layer), native=native_of(trace, layer))
     return out[head].numpy()
+
+
+def native_of(trace, layer: int) -> NativeAttention | None:
+    """The model's own score modifiers of one layer as the recorder kept them (models.recorder), or None."""
+    kept = {name: torch.from_numpy(np.asarray(trace.stat(layer, name)))
+            for name in ("softcap", "key_bias", "pair_bias", "sink_logits") if trace.has(layer, name)}
+    if not kept:
+        return None
+    softcap = kept.pop("softcap", None)
+    biases = {name: value[None] for name, value in kept.items() if name != "sink_logits"}  # batch axis back
+    return NativeAttention(softcap=None if softcap is None else float(softcap), sink_logits=kept.get("sink_logits"),
+                           **biases)

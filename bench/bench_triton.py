@@ -2,6 +2,8 @@
 
   python -m bench.bench_triton            # N = 4k, 8k, 16k, 32k; head dim 64 and 128; bfloat16
   python -m bench.bench_triton --quick    # N = 4k only, head dim 64
+  python -m bench.bench_triton --compile  # no GPU needed: every variant's kernel form compiled for sm_90
+                                          # (written to bench/results/cpu_triton_compile_sm90.json)
 
 Sections, every ratio against a baseline measured in the same process on the same GPU:
   dense        Triton forward vs SDPA's flash backend vs FlexAttention (torch.compile), causal and not
@@ -25,9 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 4096 and head dim 64 only")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compiles are slow)")
+    parser.add_argument("--compile", action="store_true", help="compile every kernel form for sm_90 (no GPU needed)")
     args = parser.parse_args(argv)
 
     import torch
+
+    if args.compile:
+        return compile_report()
 
     if not torch.cuda.is_available():
         print(json.dumps({"skipped": "no CUDA"}))
@@ -51,6 +57,27 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
     print(json.dumps(report, indent=1))
     return 0
+
+
+def compile_report() -> int:
+    """Every registered variant with a kernel form, compiled (forward and maps) for an H100's sm_90."""
+    from pathlib import Path
+
+    import triton
+
+    from kernels.triton.compile_check import compile_forms
+    from kernels.triton.spec import SUPPORTED
+
+    specs = [{"document": "document:lengths=64;64", "head_ablation": "head_ablation:heads=0.1"}.get(n, n)
+             for n in SUPPORTED]
+    rows = compile_forms(specs)
+    report = {"bench": "triton_compile_sm90", "triton": triton.__version__,
+              "target": "cuda sm_90 (no GPU: compiled only)", "compiled": sum("seconds" in r for r in rows),
+              "failed": sum("error" in r for r in rows), "results": rows}
+    text = json.dumps(report, indent=1)
+    print(text)
+    (Path(__file__).resolve().parent / "results" / "cpu_triton_compile_sm90.json").write_text(text + "\n")
+    return 1 if report["failed"] else 0
 
 
 class Bench:

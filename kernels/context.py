@@ -18,6 +18,8 @@ class TokenContext:
     special: bool (N,) — CLS, registers, distillation tokens; they stay global by default.
     row, col: long (N,) — grid cell of each token (-1 for special tokens); 1D models use
     row = 0 and col = position.
+    token_ids: long (N,) — the input's token ids (text models), for rules that read them (`document`).
+    separators: the tokenizer's end-of-document ids (EOS, SEP), where `document` splits by default.
     """
 
     n: int
@@ -29,6 +31,8 @@ class TokenContext:
     layer: int = 0
     n_layers: int = 1
     n_heads: int = 1
+    token_ids: torch.Tensor | None = None
+    separators: tuple[int, ...] = ()
     calibration: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -60,10 +64,17 @@ class TokenContext:
         col = torch.cat([torch.full((n_prefix,), -1), cell % cols])
         return cls(n=n, kind="vit", grid=(rows, cols), special=special, row=row, col=col, **kw)
 
+    def truncated(self, n: int) -> TokenContext:
+        """The first n tokens (a text cut short)."""
+        token_ids = None if self.token_ids is None else self.token_ids[:n]
+        return replace(self, n=n, special=self.special[:n], row=self.row[:n], col=self.col[:n], token_ids=token_ids)
+
     def with_layer(self, layer: int, n_heads: int) -> TokenContext:
         return replace(self, layer=layer, n_heads=n_heads)
 
     def to(self, device) -> TokenContext:
+        token_ids = None if self.token_ids is None else self.token_ids.to(device)
         return replace(
-            self, special=self.special.to(device), row=self.row.to(device), col=self.col.to(device)
+            self, special=self.special.to(device), row=self.row.to(device), col=self.col.to(device),
+            token_ids=token_ids,
         )

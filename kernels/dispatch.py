@@ -1,8 +1,10 @@
 """Pick the attention path for one call.
 
-GPU: the Triton kernels where the variant has a kernel form (output + LSE, then the maps pass
-for pooled maps and row statistics), else the reference. CPU: SDPA when only the output of
-`full` is needed, else the chunked reference path (which skips keys a static mask hides).
+Only what is asked is computed. Output only (no probabilities, LSE or sinks): `full` goes to fused
+SDPA, a static mask or a model mask to SDPA over the keys each query chunk's block plan keeps. GPU: the Triton
+kernels where the variant has a kernel form (output + LSE, then the maps pass for pooled maps and
+row statistics). Everything else, and whatever a faster path cannot express exactly (the model's
+own soft cap, biases or learned sinks), takes the block-sparse reference path.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.blocks import model_mask_of
 from kernels.context import TokenContext
-from kernels.reference import AttnOut, ChunkSink, attention
+from kernels.core import AttnOut, ChunkSink
+from kernels.native import NativeAttention
+from kernels.reference import Call, attention, sdpa_chunks
 from kernels.variants.base import Variant
 
 
@@ -24,21 +29,33 @@ def attend(
     ctx: TokenContext,
     variant: Variant,
     model_mask=None,
+    native: NativeAttention | None = None,
     want_probs: bool = False,
     want_lse: bool = True,
     sinks: tuple[ChunkSink, ...] = (),
 ) -> AttnOut:
-    """Attention of q against k, v under `variant`. k and v carry as many heads as q."""
-    if variant.is_full and not want_probs and not want_lse and not sinks:
-        return _sdpa(q, k, v, scale, ctx, model_mask)
-    if q.is_cuda and not want_probs:
+    """Attention of q against k, v under `variant`, the model's mask and the model's own attention
+    (`native`, kernels/native.py; None is plain softmax attention). k and v carry as many heads as q."""
+    plain = native is None or native.is_plain
+    output_only = not want_probs and not want_lse and not sinks
+    if output_only and plain and variant.is_full and model_mask_of(model_mask, ctx) is None:
+        return _sdpa(q, k, v, scale, ctx)
+    if output_only and plain and _masks_only(variant, ctx, q.shape[1]):
+        return sdpa_chunks(Call(q, k, v, scale, ctx, variant, model_mask, want_lse=False))
+    if q.is_cuda and not want_probs and plain:
         res = _triton(q, k, v, scale, ctx, variant, model_mask, sinks)
         if res is not None:
             return res
     return attention(
-        q, k, v, scale=scale, ctx=ctx, variant=variant, model_mask=model_mask,
-        want_probs=want_probs, sinks=sinks,
+        q, k, v, scale=scale, ctx=ctx, variant=variant, model_mask=model_mask, native=native,
+        want_probs=want_probs, want_lse=want_lse, sinks=sinks,
     )
+
+
+def _masks_only(variant: Variant, ctx: TokenContext, heads: int) -> bool:
+    """A static mask and nothing else: SDPA can run it over the gathered keys."""
+    return (variant.row_mask is None and variant.row_probs is None and variant.attend is None
+            and variant.score_mod(ctx) is None and variant.head_weight(ctx, heads) is None)
 
 
 def _triton(q, k, v, scale, ctx, variant, model_mask, sinks) -> AttnOut | None:
@@ -63,18 +80,9 @@ def _triton(q, k, v, scale, ctx, variant, model_mask, sinks) -> AttnOut | None:
     return res
 
 
-def _sdpa(q, k, v, scale, ctx, model_mask) -> AttnOut:
+def _sdpa(q, k, v, scale, ctx) -> AttnOut:
+    """Plain attention, causal or not, in one fused SDPA call (no N×N mask is ever built)."""
     B, H, N, _ = q.shape
-    self_attn = N == k.shape[2]
-    if model_mask is not None and getattr(model_mask, "redundant_for", lambda c: False)(ctx):
-        model_mask = None  # plain causal: is_causal keeps SDPA on its fused path, with no N×N mask
-    mask = None if model_mask is None else model_mask.rows(0, N)
-    causal = ctx.causal and self_attn and mask is None
-    if mask is not None and ctx.causal and self_attn:
-        mask = mask & torch.ones(N, N, dtype=torch.bool, device=q.device).tril()
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
-    empty = torch.zeros(B, H, N, dtype=torch.bool, device=q.device)
-    if mask is not None:  # SDPA gives NaN rows where every key is masked; we promise zeros
-        empty = ~mask.any(-1).expand(B, H, N)
-        out = out.masked_fill(empty[..., None], 0.0)
-    return AttnOut(out=out.float(), lse=None, empty=empty)
+    causal = ctx.causal and N == k.shape[2]
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    return AttnOut(out=out.float(), lse=None, empty=torch.zeros(B, H, N, dtype=torch.bool, device=q.device))

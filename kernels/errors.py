@@ -12,6 +12,10 @@ class UserError(Exception):
     """An error already phrased for the user: one line, what was wrong and what to do."""
 
 
+class VariantError(UserError, ValueError):
+    """A variant name, parameter or target model that cannot be used; the message says why."""
+
+
 def user_message(exc: BaseException) -> str | None:
     """The one line to show for an error phrased for the user (or running out of memory); None for a bug."""
     if isinstance(exc, UserError):

@@ -47,14 +47,15 @@ class _StatsRecorder:
         return False
 
     def sinks(self, layer, ctx, q, k):
-        def add(q0, q1, p, s):
+        def add(chunk):  # calibrate() reads whole rows: every key, −inf where masked
+            p, s = chunk.wide(chunk.p, 0.0), chunk.wide(chunk.scores, float("-inf"))
             acc = self.stats.setdefault(layer, {})
-            for name, value in self.variant.calibrate(q0, q1, p, s, ctx).items():
+            for name, value in self.variant.calibrate(chunk.q0, chunk.q1, p, s, ctx).items():
                 acc[name] = acc[name] + value if name in acc else value.clone()
 
         return (add,)
 
-    def record(self, layer, res, q, k, scale) -> None:
+    def record(self, layer, res, q, k, scale, native=None) -> None:
         pass
 
 

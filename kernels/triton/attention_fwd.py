@@ -27,20 +27,33 @@ block mask instead of the tutorial's two-stage (off-band / on-band) loop.
 from __future__ import annotations
 
 import os
+import types
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels import kernel_form as KF
+from kernels.blocks import allowed_fn
 from kernels.context import TokenContext
-from kernels.reference import AttnOut, allowed_fn
+from kernels.core import AttnOut, and_masks
 from kernels.triton import spec as S
 from kernels.triton.block_mask import BlockMask, build_block_mask
 from kernels.variants.base import Variant, VariantError
 
 LN2 = 0.6931471805599453
 LN2_C: tl.constexpr = tl.constexpr(LN2)
+# the named switches of kernels/kernel_form.py, as the kernels read them
+MASK_NONE: tl.constexpr = tl.constexpr(KF.MASK_NONE)
+MASK_RULE: tl.constexpr = tl.constexpr(KF.MASK_RULE)
+MASK_GROUP: tl.constexpr = tl.constexpr(KF.MASK_GROUP)
+SCORE_SOFTCAP: tl.constexpr = tl.constexpr(KF.SCORE_SOFTCAP)
+BIAS_NONE: tl.constexpr = tl.constexpr(KF.BIAS_NONE)
+BIAS_DISTANCE: tl.constexpr = tl.constexpr(KF.BIAS_DISTANCE)
+BIAS_MANHATTAN: tl.constexpr = tl.constexpr(KF.BIAS_MANHATTAN)
+BIAS_GRID_D2: tl.constexpr = tl.constexpr(KF.BIAS_GRID_D2)
+BIAS_D2_TABLE: tl.constexpr = tl.constexpr(KF.BIAS_D2_TABLE)
 
 
 def interpreting() -> bool:
@@ -52,42 +65,60 @@ def interpreting() -> bool:
 # ==================================================================================================
 
 
+_RULES: dict = {}
+
+
+def jit_rule(rule):
+    """A variant's rule as a Triton function: the very same source, with `abs` read as tl.abs."""
+    jitted = _RULES.get(rule)
+    if jitted is None:
+        # the interpreter patches tl's functions while it runs: it must find tl.abs at call time
+        scope = {**rule.__globals__, "tl": tl, "abs": (lambda x: tl.abs(x)) if interpreting() else tl.abs}
+        fn = types.FunctionType(rule.__code__, scope, rule.__name__, rule.__defaults__, rule.__closure__)
+        fn.__module__, fn.__qualname__, fn.__doc__ = rule.__module__, rule.__qualname__, rule.__doc__
+        jitted = _RULES[rule] = triton.jit(fn)
+    return jitted
+
+
 @triton.jit
-def _rule_keep(qi, kj, rq, cq, rk, ck, P0, P1, P2, P3, MASK: tl.constexpr):
-    """The variant's token rule. qi, rq, cq (BM, 1); kj, rk, ck (1, BN) -> bool (BM, BN)."""
-    if MASK == 1:  # sliding window with sinks
-        keep = (tl.abs(qi - kj) <= P0) | (kj < P1)
-    elif MASK == 2:  # strided
-        d = qi - kj
-        keep = (tl.abs(d) < P0) | (d % P0 == 0)
-    elif MASK == 3:  # fixed
-        keep = (qi // P0 == kj // P0) | (kj % P0 >= P0 - P1)
-    elif MASK == 4:  # dilated window, P0 = w·d
-        d = qi - kj
-        keep = (tl.abs(d) <= P0) & (d % P1 == 0)
-    elif MASK == 5:  # window_2d: window of ((r − s) mod rows) // M, same for columns
-        keep = ((((rq - P1) % P2 + P2) % P2) // P0 == (((rk - P1) % P2 + P2) % P2) // P0) & (
-            (((cq - P1) % P3 + P3) % P3) // P0 == (((ck - P1) % P3 + P3) % P3) // P0
-        )
-    elif MASK == 6:  # neighborhood_2d
-        keep = (tl.abs(rq - rk) <= P0) & (tl.abs(cq - ck) <= P0)
-    elif MASK == 7:  # star
-        keep = (qi >= P2 - P1) | (qi // P0 == kj // P0) | (kj < P0)
+def _mask_rule(qi, kj, rq, cq, rk, ck, P0, P1, P2, P3, RULE: tl.constexpr, RULE_GRID: tl.constexpr,
+               N_INTS: tl.constexpr):
+    """The variant's own rule (kernels/kernel_form.py) on token positions or grid cells, then its N_INTS
+    integer parameters. qi, rq, cq (BM, 1); kj, rk, ck (1, BN) -> bool (BM, BN)."""
+    if RULE_GRID:
+        if N_INTS == 1:
+            keep = RULE(rq, cq, rk, ck, P0)
+        elif N_INTS == 2:
+            keep = RULE(rq, cq, rk, ck, P0, P1)
+        elif N_INTS == 3:
+            keep = RULE(rq, cq, rk, ck, P0, P1, P2)
+        else:
+            keep = RULE(rq, cq, rk, ck, P0, P1, P2, P3)
     else:
-        keep = (qi >= 0) & (kj >= 0)
+        if N_INTS == 1:
+            keep = RULE(qi, kj, P0)
+        elif N_INTS == 2:
+            keep = RULE(qi, kj, P0, P1)
+        elif N_INTS == 3:
+            keep = RULE(qi, kj, P0, P1, P2)
+        else:
+            keep = RULE(qi, kj, P0, P1, P2, P3)
     return keep
 
 
 @triton.jit
 def _element_keep(qi, kj, rq, cq, rk, ck, spq, spk, gq_off, gk, kvalid, GTab, N, NK, P0, P1, P2, P3,
-                  MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_SPECIAL: tl.constexpr, HAS_KPAD: tl.constexpr):
+                  MASK: tl.constexpr, RULE: tl.constexpr, RULE_GRID: tl.constexpr, N_INTS: tl.constexpr,
+                  IS_CAUSAL: tl.constexpr, HAS_SPECIAL: tl.constexpr, HAS_KPAD: tl.constexpr):
     """Everything that can mask (i, j) in a partial tile: rule | special, AND causal, padding, bounds."""
-    if MASK == 8:  # group table: table[g(i), g(j)] (block-sparse tables, block_topk, routing_2d)
+    if MASK == MASK_GROUP:  # group table: table[g(i), g(j)] (block-sparse tables, block_topk, routing_2d)
         keep = tl.load(GTab + gq_off + gk, mask=(qi < N) & (kj < NK), other=0) != 0
+    elif MASK == MASK_RULE:
+        keep = _mask_rule(qi, kj, rq, cq, rk, ck, P0, P1, P2, P3, RULE, RULE_GRID, N_INTS)
     else:
-        keep = _rule_keep(qi, kj, rq, cq, rk, ck, P0, P1, P2, P3, MASK)
+        keep = (qi >= 0) & (kj >= 0)
     if HAS_SPECIAL:
-        if MASK != 0:
+        if MASK != MASK_NONE:
             keep = keep | spq | spk
     if IS_CAUSAL:
         keep = keep & (kj <= qi)
@@ -99,15 +130,15 @@ def _element_keep(qi, kj, rq, cq, rk, ck, spq, spk, gq_off, gk, kvalid, GTab, N,
 @triton.jit
 def _bias(qi, kj, rq, cq, rk, ck, spq, spk, coef, D2, BIAS: tl.constexpr, HAS_SPECIAL: tl.constexpr):
     """Additive bias in log2 units (coef and D2 are pre-multiplied by log2 e); 0 on special pairs."""
-    if BIAS == 1:  # decay_1d
+    if BIAS == BIAS_DISTANCE:
         b = tl.abs(qi - kj).to(tl.float32) * coef
-    elif BIAS == 2:  # manhattan_decay
+    elif BIAS == BIAS_MANHATTAN:
         b = (tl.abs(rq - rk) + tl.abs(cq - ck)).to(tl.float32) * coef
-    elif BIAS == 3:  # gaussian_2d, one sigma: coef·d²
+    elif BIAS == BIAS_GRID_D2:
         dr = rq - rk
         dc = cq - ck
         b = (dr * dr + dc * dc).to(tl.float32) * coef
-    else:  # BIAS == 4: gaussian mixture, table by d²
+    else:  # BIAS_D2_TABLE
         dr = rq - rk
         dc = cq - ck
         b = tl.load(D2 + (dr * dr + dc * dc))
@@ -152,6 +183,12 @@ def _polyline_bias(TR, TC, rq, cq, rk, ck, spq, spk, trq0, trq1, tcq0, tcq1, trk
 
 
 @triton.jit
+def _softcap(t, CAP2):
+    """CAP2·tanh(t / CAP2) (log2 units: CAP2 = cap·log2 e), tanh as 2·sigmoid(2x) − 1."""
+    return CAP2 * (2.0 * tl.sigmoid(2.0 * t / CAP2) - 1.0)
+
+
+@triton.jit
 def _online_update(t, m_i, l_i, acc, v, PARTIAL: tl.constexpr, DOT_PREC: tl.constexpr):
     """One online-softmax step on scores t (BM, BN) in log2 units, values v (BN, BD)."""
     m_new = tl.maximum(m_i, tl.max(t, 1))
@@ -175,8 +212,9 @@ def _online_update(t, m_i, l_i, acc, v, PARTIAL: tl.constexpr, DOT_PREC: tl.cons
 def _fwd_tile(acc, m_i, l_i, acc2, m2, l2, mu, lu, q, start_n,
               K, V, skn, svn, offs_d, d_ok, qi, rq, cq, spq, gq, trq0, trq1, tcq0, tcq1,
               Special, Row, Col, KValid, GTab, GK, sgq, Coef_h, D2, TR, TC, RC, GRID_W,
-              N, NK, HEAD_DIM, qk_scale, P0, P1, P2, P3,
-              PARTIAL: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, BIAS: tl.constexpr,
+              N, NK, HEAD_DIM, qk_scale, CAP2, P0, P1, P2, P3,
+              PARTIAL: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, RULE: tl.constexpr,
+              RULE_GRID: tl.constexpr, N_INTS: tl.constexpr, SCORE: tl.constexpr, BIAS: tl.constexpr,
               PATHS: tl.constexpr, HAS_SPECIAL: tl.constexpr, HAS_KPAD: tl.constexpr, HAS_GRID: tl.constexpr,
               DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr, PAD_D: tl.constexpr, UPCAST: tl.constexpr):
     """Scores of one (BLOCK_M × BLOCK_N) tile and the online-softmax update(s)."""
@@ -204,6 +242,8 @@ def _fwd_tile(acc, m_i, l_i, acc2, m2, l2, mu, lu, q, start_n,
         k = k.to(tl.float32)
         v = v.to(tl.float32)
     t = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BM, BN), log2 units
+    if SCORE == SCORE_SOFTCAP:
+        t = _softcap(t, CAP2)
 
     # key-side token tables (grid cells, special flags, groups, padding)
     rk = kj * 0
@@ -220,10 +260,10 @@ def _fwd_tile(acc, m_i, l_i, acc2, m2, l2, mu, lu, q, start_n,
         gk = kj
         if HAS_KPAD:
             kvalid = (tl.load(KValid + offs_n, mask=k_ok, other=0) != 0)[None, :]
-        if MASK == 8:
+        if MASK == MASK_GROUP:
             gk = tl.load(GK + offs_n, mask=k_ok, other=0)[None, :]
         keep = _element_keep(qi, kj, rq, cq, rk, ck, spq, spk, gq * sgq, gk, kvalid, GTab, N, NK,
-                             P0, P1, P2, P3, MASK, IS_CAUSAL, HAS_SPECIAL, HAS_KPAD)
+                             P0, P1, P2, P3, MASK, RULE, RULE_GRID, N_INTS, IS_CAUSAL, HAS_SPECIAL, HAS_KPAD)
         t = tl.where(keep, t, float("-inf"))
 
     if PATHS == 2:  # polyline: two biased softmaxes plus the unbiased one for the recorded lse
@@ -240,7 +280,7 @@ def _fwd_tile(acc, m_i, l_i, acc2, m2, l2, mu, lu, q, start_n,
         lu = lu * tl.math.exp2(mu - mu_use) + tl.sum(tl.math.exp2(t - mu_use[:, None]), 1)
         mu = mu_new
     else:
-        if BIAS != 0:
+        if BIAS != BIAS_NONE:
             t = t + _bias(qi, kj, rq, cq, rk, ck, spq, spk, Coef_h, D2, BIAS, HAS_SPECIAL)
         m_i, l_i, acc = _online_update(t, m_i, l_i, acc, v, PARTIAL, DOT_PREC)
     return acc, m_i, l_i, acc2, m2, l2, mu, lu
@@ -255,8 +295,9 @@ def _attn_fwd(
     Special, Row, Col, KValid, skvb,  # token tables: int8 (N), int32 (N), int32 (N), int8 (B,Nk)
     Coef, D2, GTab, GQ, GK, sgb, sgh, sgq,  # bias per head (H), d² table, group table (Bt,Ht,Gq,Gk)
     TRow, TCol, stb, sth,  # polyline tables (Bt, Hkv_t, 2, rows·cols)
-    H, N, NK, KV_GROUP, HEAD_DIM, qk_scale, P0, P1, P2, P3, RC, GRID_W,
-    IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, BIAS: tl.constexpr, PATHS: tl.constexpr,
+    H, N, NK, KV_GROUP, HEAD_DIM, qk_scale, CAP2, P0, P1, P2, P3, RC, GRID_W,
+    IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, RULE: tl.constexpr, RULE_GRID: tl.constexpr, N_INTS: tl.constexpr,
+    SCORE: tl.constexpr, BIAS: tl.constexpr, PATHS: tl.constexpr,
     HAS_SPECIAL: tl.constexpr, HAS_KPAD: tl.constexpr, HAS_GRID: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PAD_D: tl.constexpr,
     SPARSE_M: tl.constexpr, SPARSE_N: tl.constexpr, UPCAST: tl.constexpr,
@@ -291,11 +332,11 @@ def _attn_fwd(
     if HAS_SPECIAL:
         spq = (tl.load(Special + offs_m, mask=m_ok, other=0) != 0)[:, None]
     GTab_bh = GTab + b * sgb + h * sgh
-    if MASK == 8:
+    if MASK == MASK_GROUP:
         gq = tl.load(GQ + offs_m, mask=m_ok, other=0)[:, None]
     Coef_h = 0.0
-    if BIAS > 0:
-        if BIAS < 4:  # per-head coefficient (decay_1d, manhattan_decay, gaussian_2d)
+    if BIAS != BIAS_NONE:
+        if BIAS != BIAS_D2_TABLE:  # a coefficient per head
             Coef_h = tl.load(Coef + h)
     TR = TRow + b * stb + hk * sth
     TC = TCol + b * stb + hk * sth
@@ -328,8 +369,9 @@ def _attn_fwd(
         acc, m_i, l_i, acc2, m2, l2, mu, lu = _fwd_tile(
             acc, m_i, l_i, acc2, m2, l2, mu, lu, q, start_n, Kb, Vb, skn, svn, offs_d, d_ok, qi, rq, cq, spq, gq,
             trq0, trq1, tcq0, tcq1, Special, Row, Col, KValid + b * skvb, GTab_bh, GK, sgq, Coef_h, D2, TR, TC, RC,
-            GRID_W, N, NK, HEAD_DIM, qk_scale, P0, P1, P2, P3,
-            True, IS_CAUSAL, MASK, BIAS, PATHS, HAS_SPECIAL, HAS_KPAD, HAS_GRID, DOT_PREC, BLOCK_N, PAD_D, UPCAST)
+            GRID_W, N, NK, HEAD_DIM, qk_scale, CAP2, P0, P1, P2, P3,
+            True, IS_CAUSAL, MASK, RULE, RULE_GRID, N_INTS, SCORE, BIAS, PATHS, HAS_SPECIAL, HAS_KPAD, HAS_GRID,
+            DOT_PREC, BLOCK_N, PAD_D, UPCAST)
     num = tl.load(FullNum + b * snb + h * snh + sq * snq)
     idx = FullIdx + b * sib + h * sih + sq * siq
     for t in range(0, num * MULT):  # full blocks: no mask at all
@@ -337,8 +379,9 @@ def _attn_fwd(
         acc, m_i, l_i, acc2, m2, l2, mu, lu = _fwd_tile(
             acc, m_i, l_i, acc2, m2, l2, mu, lu, q, start_n, Kb, Vb, skn, svn, offs_d, d_ok, qi, rq, cq, spq, gq,
             trq0, trq1, tcq0, tcq1, Special, Row, Col, KValid + b * skvb, GTab_bh, GK, sgq, Coef_h, D2, TR, TC, RC,
-            GRID_W, N, NK, HEAD_DIM, qk_scale, P0, P1, P2, P3,
-            False, IS_CAUSAL, MASK, BIAS, PATHS, HAS_SPECIAL, HAS_KPAD, HAS_GRID, DOT_PREC, BLOCK_N, PAD_D, UPCAST)
+            GRID_W, N, NK, HEAD_DIM, qk_scale, CAP2, P0, P1, P2, P3,
+            False, IS_CAUSAL, MASK, RULE, RULE_GRID, N_INTS, SCORE, BIAS, PATHS, HAS_SPECIAL, HAS_KPAD, HAS_GRID,
+            DOT_PREC, BLOCK_N, PAD_D, UPCAST)
 
     # epilogue: empty rows (l = 0) give 0 and lse = −∞
     empty = l_i == 0.0
@@ -395,7 +438,8 @@ SPARSE_BLOCK = 128  # block-mask granularity on a GPU (FlexAttention's default)
 _attn_fwd_tuned = triton.autotune(
     configs=_configs(),
     prune_configs_by={"early_config_prune": _prune},
-    key=["N", "NK", "HEAD_DIM", "MASK", "BIAS", "PATHS", "IS_CAUSAL", "HAS_KPAD", "HAS_SPECIAL", "BLOCK_D"],
+    key=["N", "NK", "HEAD_DIM", "MASK", "RULE_GRID", "N_INTS", "SCORE", "BIAS", "PATHS", "IS_CAUSAL", "HAS_KPAD",
+         "HAS_SPECIAL", "BLOCK_D"],
 )(_attn_fwd)
 
 
@@ -433,6 +477,13 @@ class Prepared:
         tr, tc = (t.expand(B, Hkv, *t.shape[2:]) for t in self.poly)
         return tr, tc, tr.stride(0), tr.stride(1)
 
+    def switches(self) -> dict:
+        """The constexpr switches both kernels take from the variant's kernel form."""
+        spec = self.spec
+        return dict(IS_CAUSAL=self.causal, MASK=spec.mask, RULE=jit_rule(spec.rule) if spec.rule else None,
+                    RULE_GRID=spec.rule_grid, N_INTS=len(spec.ints), SCORE=spec.score, BIAS=spec.bias,
+                    PATHS=spec.paths, HAS_SPECIAL=self.special is not None, HAS_KPAD=self.kvalid is not None)
+
     def block_args(self, B: int, H: int):
         bm = self.block_mask.expand(B, H)
         return (bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices,
@@ -466,7 +517,7 @@ def prepare(q: torch.Tensor, k: torch.Tensor, *, variant: Variant | None, ctx: T
     kvalid, mask_causal = key_padding(model_mask, B, N, Nk, causal, dev)
     causal = causal or mask_causal
 
-    tables = spec.content(q, k) if spec.content is not None else S.ContentTables()
+    tables = spec.content(q, k) if spec.content is not None else KF.ContentTables()
     if tables is None:
         raise VariantError(f"{spec.name}: no Triton kernel for this call")
     group = None
@@ -557,14 +608,14 @@ def _block_mask(spec, variant, static: _Static, group, causal, B, H, N, Nk, spar
         hit = _BLOCK_MASK_CACHE.get(key)
         if hit is not None:
             return hit
-        if spec.mask == S.MASK_NONE:
+        if spec.mask == KF.MASK_NONE:
             keep = _causal_keep(causal, Nk, dev)
         else:
             if variant is None:
                 raise VariantError(f"{spec.name}: a static mask spec needs its variant to build the block mask")
             base = allowed_fn(variant, ctx, None, 1, H, Nk, dev)  # variant mask_mod AND ctx causality
             extra = _causal_keep(causal and not ctx.causal, Nk, dev)
-            keep = base if extra is None else (lambda q0, q1: _and(base(q0, q1), extra(q0, q1)))
+            keep = base if extra is None else (lambda q0, q1: and_masks(base(q0, q1), extra(q0, q1)))
         out = build_block_mask(keep or (lambda q0, q1: None), 1, H, N, Nk, block_m=bm_, block_n=bn_, device=dev)
         if len(_BLOCK_MASK_CACHE) >= _CACHE_SIZE:
             _BLOCK_MASK_CACHE.pop(next(iter(_BLOCK_MASK_CACHE)))
@@ -590,12 +641,6 @@ def _causal_keep(causal: bool, nk: int, dev):
         return None
     kj = torch.arange(nk, device=dev)
     return lambda q0, q1: (kj[None, :] <= torch.arange(q0, q1, device=dev)[:, None])[None, None]
-
-
-def _and(a, b):
-    if a is None:
-        return b
-    return a if b is None else a & b
 
 
 def key_padding(model_mask, B: int, N: int, Nk: int, causal: bool, dev) -> tuple[torch.Tensor | None, bool]:
@@ -708,10 +753,8 @@ def triton_attention(
     block_d = max(16, triton.next_power_of_2(D))
     args = _kernel_args(q, k, v, out, lse, lse_paths, prep, scale)
     consts = dict(
-        IS_CAUSAL=prep.causal, MASK=spec.mask, BIAS=spec.bias, PATHS=spec.paths,
-        HAS_SPECIAL=prep.special is not None, HAS_KPAD=prep.kvalid is not None,
-        HAS_GRID=spec.uses_grid, DOT_PREC=_dot_precision(q.dtype, allow_tf32), BLOCK_D=block_d, PAD_D=block_d != D,
-        SPARSE_M=prep.block_mask.block_m, SPARSE_N=prep.block_mask.block_n, UPCAST=_upcast(q.dtype),
+        **prep.switches(), HAS_GRID=spec.uses_grid, DOT_PREC=_dot_precision(q.dtype, allow_tf32), BLOCK_D=block_d,
+        PAD_D=block_d != D, SPARSE_M=prep.block_mask.block_m, SPARSE_N=prep.block_mask.block_n, UPCAST=_upcast(q.dtype),
     )
     if block_m is not None:
         grid = (triton.cdiv(N, block_m), B * H)
@@ -740,7 +783,7 @@ def _kernel_args(q, k, v, out, lse, lse_paths, prep: Prepared, scale: float) -> 
     B, H, N, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     spec = prep.spec
-    p0, p1, p2, p3 = spec.ints
+    p0, p1, p2, p3 = (*spec.ints, 0, 0, 0, 0)[:4]
     dummy = prep.dummy
     gtab, gq, gk, sgb, sgh, sgq = prep.group_args(B, H)
     tr, tc, stb, sth = prep.poly_args(B, Hkv)
@@ -753,7 +796,7 @@ def _kernel_args(q, k, v, out, lse, lse_paths, prep: Prepared, scale: float) -> 
         prep.kvalid if prep.kvalid is not None else dummy, prep.kvalid.stride(0) if prep.kvalid is not None else 0,
         prep.coef2, prep.d2, gtab, gq, gk, sgb, sgh, sgq,
         tr, tc, stb, sth,
-        H, N, Nk, H // Hkv, D, scale * S.LOG2E, p0, p1, p2, p3, prep.rc, prep.grid_w,
+        H, N, Nk, H // Hkv, D, scale * S.LOG2E, spec.cap * S.LOG2E, p0, p1, p2, p3, prep.rc, prep.grid_w,
     ]
 
 

@@ -33,7 +33,11 @@ from kernels.context import TokenContext
 from kernels.maps import STATS, pool_bins
 from kernels.triton import spec as S
 from kernels.triton.attention_fwd import (
+    BIAS_D2_TABLE,
+    BIAS_NONE,
     LN2_C,
+    MASK_GROUP,
+    SCORE_SOFTCAP,
     _bias,
     _check_inputs,
     _dot_precision,
@@ -41,6 +45,7 @@ from kernels.triton.attention_fwd import (
     _kernel_args,
     _last_dim_contiguous,
     _polyline_bias,
+    _softcap,
     _sparse,
     _upcast,
     interpreting,
@@ -85,8 +90,9 @@ def _maps_tile(ent, dist, sink, maxp, q, start_n, lse2, lp1, lp2,
                K, skn, offs_d, d_ok, qi, rq, cq, spq, gq_off, trq0, trq1, tcq0, tcq1,
                Special, Row, Col, KValid, GTab, GK, Coef_h, D2, TR, TC, RC, GRID_W,
                PoolBH, Rq, Rk, rb0, local_r, TileBH, TQ0, TQ1, TK0, TK1,
-               N, NK, qk_scale, P0, P1, P2, P3,
-               PARTIAL: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, BIAS: tl.constexpr,
+               N, NK, qk_scale, CAP2, P0, P1, P2, P3,
+               PARTIAL: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, RULE: tl.constexpr,
+               RULE_GRID: tl.constexpr, N_INTS: tl.constexpr, SCORE: tl.constexpr, BIAS: tl.constexpr,
                PATHS: tl.constexpr, HAS_SPECIAL: tl.constexpr, HAS_KPAD: tl.constexpr, HAS_GRID: tl.constexpr,
                DIST_2D: tl.constexpr, WANT_STATS: tl.constexpr, WANT_POOLED: tl.constexpr, WANT_TILE: tl.constexpr,
                DOT_PREC: tl.constexpr, POOL_SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -99,6 +105,8 @@ def _maps_tile(ent, dist, sink, maxp, q, start_n, lse2, lp1, lp2,
     if UPCAST:
         k = k.to(tl.float32)
     t = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BM, BN), log2 units
+    if SCORE == SCORE_SOFTCAP:
+        t = _softcap(t, CAP2)
 
     rk = kj * 0
     ck = kj
@@ -113,10 +121,10 @@ def _maps_tile(ent, dist, sink, maxp, q, start_n, lse2, lp1, lp2,
         gk = kj
         if HAS_KPAD:
             kvalid = (tl.load(KValid + offs_n, mask=k_ok, other=0) != 0)[None, :]
-        if MASK == 8:
+        if MASK == MASK_GROUP:
             gk = tl.load(GK + offs_n, mask=k_ok, other=0)[None, :]
         keep = _element_keep(qi, kj, rq, cq, rk, ck, spq, spk, gq_off, gk, kvalid, GTab, N, NK,
-                             P0, P1, P2, P3, MASK, IS_CAUSAL, HAS_SPECIAL, HAS_KPAD)
+                             P0, P1, P2, P3, MASK, RULE, RULE_GRID, N_INTS, IS_CAUSAL, HAS_SPECIAL, HAS_KPAD)
         t = tl.where(keep, t, float("-inf"))
 
     if PATHS == 2:  # polyline: p = ½·softmax(s + L) + ½·softmax(s + L')
@@ -129,7 +137,7 @@ def _maps_tile(ent, dist, sink, maxp, q, start_n, lse2, lp1, lp2,
         p = 0.5 * tl.math.exp2(t + L1 - lp1[:, None]) + 0.5 * tl.math.exp2(t + L2 - lp2[:, None])
         logp = tl.log(tl.where(p > 0.0, p, 1.0))  # natural log
     else:
-        if BIAS != 0:
+        if BIAS != BIAS_NONE:
             t = t + _bias(qi, kj, rq, cq, rk, ck, spq, spk, Coef_h, D2, BIAS, HAS_SPECIAL)
         logp2 = t - lse2[:, None]  # log2 p; −∞ where masked (lse2 = +∞ on empty rows)
         p = tl.math.exp2(logp2)
@@ -174,9 +182,10 @@ def _maps_kernel(
     Special, Row, Col, KValid, skvb,
     Coef, D2, GTab, GQ, GK, sgb, sgh, sgq,
     TRow, TCol, stb, sth,
-    H, N, NK, KV_GROUP, HEAD_DIM, qk_scale, P0, P1, P2, P3, RC, GRID_W,
+    H, N, NK, KV_GROUP, HEAD_DIM, qk_scale, CAP2, P0, P1, P2, P3, RC, GRID_W,
     Rq, Rk, TQ0, TQ1, TK0, TK1, Q_BLOCK0,
-    IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, BIAS: tl.constexpr, PATHS: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, RULE: tl.constexpr, RULE_GRID: tl.constexpr, N_INTS: tl.constexpr,
+    SCORE: tl.constexpr, BIAS: tl.constexpr, PATHS: tl.constexpr,
     HAS_SPECIAL: tl.constexpr, HAS_KPAD: tl.constexpr, HAS_GRID: tl.constexpr, DIST_2D: tl.constexpr,
     WANT_STATS: tl.constexpr, WANT_POOLED: tl.constexpr, WANT_TILE: tl.constexpr,
     DOT_PREC: tl.constexpr, POOL_SPLIT: tl.constexpr,
@@ -221,12 +230,12 @@ def _maps_kernel(
         cq = tl.load(Col + offs_m, mask=m_ok, other=0)[:, None]
     if HAS_SPECIAL:
         spq = (tl.load(Special + offs_m, mask=m_ok, other=0) != 0)[:, None]
-    if MASK == 8:
+    if MASK == MASK_GROUP:
         gq = tl.load(GQ + offs_m, mask=m_ok, other=0)[:, None]
     GTab_bh = GTab + b * sgb + h * sgh
     Coef_h = 0.0
-    if BIAS > 0:
-        if BIAS < 4:  # per-head coefficient (decay_1d, manhattan_decay, gaussian_2d)
+    if BIAS != BIAS_NONE:
+        if BIAS != BIAS_D2_TABLE:  # a coefficient per head
             Coef_h = tl.load(Coef + h)
     TR = TRow + b * stb + hk * sth
     TC = TCol + b * stb + hk * sth
@@ -259,8 +268,9 @@ def _maps_kernel(
         ent, dist, sink, maxp = _maps_tile(
             ent, dist, sink, maxp, q, start_n, lse2, lp1, lp2, Kb, skn, offs_d, d_ok, qi, rq, cq, spq, gq * sgq,
             trq0, trq1, tcq0, tcq1, Special, Row, Col, KValid + b * skvb, GTab_bh, GK, Coef_h, D2, TR, TC, RC,
-            GRID_W, PoolBH, Rq, Rk, rb0, local_r, TileBH, TQ0, TQ1, TK0, TK1, N, NK, qk_scale, P0, P1, P2, P3,
-            True, IS_CAUSAL, MASK, BIAS, PATHS, HAS_SPECIAL, HAS_KPAD, HAS_GRID, DIST_2D,
+            GRID_W, PoolBH, Rq, Rk, rb0, local_r, TileBH, TQ0, TQ1, TK0, TK1, N, NK,
+            qk_scale, CAP2, P0, P1, P2, P3, True, IS_CAUSAL, MASK, RULE, RULE_GRID, N_INTS, SCORE, BIAS, PATHS,
+            HAS_SPECIAL, HAS_KPAD, HAS_GRID, DIST_2D,
             WANT_STATS, WANT_POOLED, WANT_TILE, DOT_PREC, POOL_SPLIT, BLOCK_M, BLOCK_N, NBQ, NBK, UPCAST)
     num = tl.load(FullNum + b * snb + h * snh + sq * snq)
     idx = FullIdx + b * sib + h * sih + sq * siq
@@ -269,8 +279,9 @@ def _maps_kernel(
         ent, dist, sink, maxp = _maps_tile(
             ent, dist, sink, maxp, q, start_n, lse2, lp1, lp2, Kb, skn, offs_d, d_ok, qi, rq, cq, spq, gq * sgq,
             trq0, trq1, tcq0, tcq1, Special, Row, Col, KValid + b * skvb, GTab_bh, GK, Coef_h, D2, TR, TC, RC,
-            GRID_W, PoolBH, Rq, Rk, rb0, local_r, TileBH, TQ0, TQ1, TK0, TK1, N, NK, qk_scale, P0, P1, P2, P3,
-            False, IS_CAUSAL, MASK, BIAS, PATHS, HAS_SPECIAL, HAS_KPAD, HAS_GRID, DIST_2D,
+            GRID_W, PoolBH, Rq, Rk, rb0, local_r, TileBH, TQ0, TQ1, TK0, TK1, N, NK,
+            qk_scale, CAP2, P0, P1, P2, P3, False, IS_CAUSAL, MASK, RULE, RULE_GRID, N_INTS, SCORE, BIAS, PATHS,
+            HAS_SPECIAL, HAS_KPAD, HAS_GRID, DIST_2D,
             WANT_STATS, WANT_POOLED, WANT_TILE, DOT_PREC, POOL_SPLIT, BLOCK_M, BLOCK_N, NBQ, NBK, UPCAST)
 
     if WANT_STATS:
@@ -366,9 +377,7 @@ def triton_maps(
         block_d = max(16, triton.next_power_of_2(D))
         on_gpu = dev.type == "cuda" and not interpreting()
         consts = dict(
-            IS_CAUSAL=prep.causal, MASK=spec.mask, BIAS=spec.bias, PATHS=spec.paths,
-            HAS_SPECIAL=prep.special is not None, HAS_KPAD=prep.kvalid is not None,
-            HAS_GRID=spec.uses_grid or ctx.kind == "vit", DIST_2D=ctx.kind == "vit",
+            **prep.switches(), HAS_GRID=spec.uses_grid or ctx.kind == "vit", DIST_2D=ctx.kind == "vit",
             WANT_STATS=stats, WANT_POOLED=bool(pooled), WANT_TILE=tile is not None,
             DOT_PREC=_dot_precision(q.dtype, allow_tf32),
             POOL_SPLIT=1 if on_gpu else 2,  # bf16 split on a GPU, fp16 split interpreted (its bf16 dot is broken)

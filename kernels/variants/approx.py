@@ -5,8 +5,9 @@ Each variant implements `attend`. Conventions of the whole family:
   attention matrix (the matrix A with out = A @ v) is built one query chunk at a time.
 - The model's own mask enters as a key mask (a key no query may see, e.g. padding, is dropped)
   and a row mask (a query that may see no key gives a zero output, empty=True); causality is
-  kept exactly by prefix sums where the variant applies to causal models. Other per-row
-  structure a model's mask may carry has no O(N) form and is not represented.
+  kept exactly by prefix sums where the variant applies to causal models. A model mask with
+  more structure (a sliding window, ...) has no O(N) form: it is refused, never widened. So are
+  the model's own score modifiers (soft-capping, ALiBi, learned sinks): `honours_native = False`.
 - Sinks receive the implied probabilities and, as scores, the model's own masked scores
   q kᵀ·scale (-inf where the model masks): an approximation has no per-key scores of its own.
 - lse is None: these outputs are not a softmax over the keys (delta_correction included).
@@ -19,11 +20,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels import reference
 from kernels.context import TokenContext
+from kernels.core import NEG_INF, AttnOut, Chunk, Rows, chunk_ranges, mask_coverage, run_chunks, softmax_lse
 from kernels.variants.base import Param, Variant, VariantError
-from kernels.variants.content import ALL_KINDS, NEG_INF, group_mean, masked_scores, softmax_rows
-from kernels.variants.registry import parse_variant, register
+from kernels.variants.content import ALL_KINDS, group_mean
+from kernels.variants.registry import parse_inner, register
 
 BIDIRECTIONAL = frozenset({"bidirectional", "vit"})
 
@@ -33,20 +34,31 @@ BIDIRECTIONAL = frozenset({"bidirectional", "vit"})
 # ---------------------------------------------------------------------------------------------
 
 
-def key_and_row_masks(allowed, B: int, H: int, N: int, Nk: int, chunk: int, device):
-    """(key_ok (B,H,Nk), row_ok (B,H,N)) bool from the model's mask, or (None, None) when it keeps all.
+class Approximation(Variant):
+    """An O(N) computation in place of softmax attention; see the module docstring."""
 
-    key_ok: some query may see the key; row_ok: the query may see some key. O(chunk×Nk) memory."""
-    first = allowed(0, min(N, chunk))
-    if first is None:
+    family = "approx"
+    honours_native = False
+
+
+def model_masks(call, name: str, *, causal: bool = False):
+    """(key_ok (B, H, Nk), row_ok (B, H, N)) of the model's mask, or (None, None) when it keeps every key.
+
+    causal: the variant keeps causality itself. A mask that is more than key × row (× causal) is
+    refused in one line: the approximation would widen it."""
+    q, nk = call.q, call.k.shape[2]
+    B, H, N, _ = q.shape
+    key_ok, row_ok = mask_coverage(call.allowed, B, H, N, nk, call.chunk, q.device)
+    if key_ok is None:
         return None, None
-    key_ok = torch.zeros(B, H, Nk, dtype=torch.bool, device=device)
-    row_ok = torch.zeros(B, H, N, dtype=torch.bool, device=device)
-    for q0 in range(0, N, chunk):
-        q1 = min(N, q0 + chunk)
-        m = (first if q0 == 0 else allowed(q0, q1)).expand(B, H, q1 - q0, Nk)
-        key_ok |= m.any(-2)
-        row_ok[:, :, q0:q1] = m.any(-1)
+    kj = torch.arange(nk, device=q.device)
+    for q0, q1 in chunk_ranges(N, call.chunk):
+        want = key_ok[:, :, None, :] & row_ok[:, :, q0:q1, None]
+        if causal:
+            want = want & (kj[None, :] <= torch.arange(q0, q1, device=q.device)[:, None])
+        if not torch.equal(call.allowed(q0, q1).expand(B, H, q1 - q0, nk), want):
+            raise VariantError(f"{name} cannot honour this model's own mask (more than padding and causality, e.g. "
+                               "a sliding window); pick a softmax variant for this model")
     return key_ok, row_ok
 
 
@@ -54,29 +66,27 @@ def empty_rows(row_ok, B: int, H: int, N: int, device) -> torch.Tensor:
     return torch.zeros(B, H, N, dtype=torch.bool, device=device) if row_ok is None else ~row_ok
 
 
-def implied_probs(q, k, scale, allowed, *, chunk: int, want_probs: bool, sinks, rows, empty):
-    """The implied attention matrix, one query chunk at a time, only when asked.
+def masked_scores(q_rows: torch.Tensor, k: torch.Tensor, scale: float, keep) -> torch.Tensor:
+    """s = q kᵀ·scale in float32, -inf where `keep` is False. q_rows (B,H,c,D), k (B,H,Nk,D) -> (B,H,c,Nk)."""
+    s = torch.matmul(q_rows.float(), k.float().transpose(-1, -2)) * scale
+    return s if keep is None else s.masked_fill(~keep, NEG_INF)
 
-    rows(q0, q1) -> (B,H,c,Nk) probabilities of those queries; empty rows are zeroed. Sinks get
-    them with the model's masked scores. Returns the dense (B,H,N,Nk) tensor when want_probs."""
-    if not want_probs and not sinks:
-        return None
-    B, H, N, _ = q.shape
-    probs = q.new_empty(B, H, N, k.shape[2], dtype=torch.float32) if want_probs else None
-    for q0 in range(0, N, chunk):
-        q1 = min(N, q0 + chunk)
+
+def finish(call, out: torch.Tensor, empty: torch.Tensor, rows) -> AttnOut:
+    """The result: out with empty rows zeroed, and the implied attention rows(q0, q1) -> (B, H, c, Nk)
+    handed to the sinks (with the model's masked scores) and stored, one query chunk at a time, when asked."""
+    out = out.masked_fill(empty[..., None], 0.0)
+    if not call.want_probs and not call.sinks:
+        return AttnOut(out=out, lse=None, empty=empty)
+    q, k, nk = call.q, call.k, call.k.shape[2]
+
+    def step(q0: int, q1: int) -> Rows:
         p = rows(q0, q1).masked_fill(empty[:, :, q0:q1, None], 0.0)
-        if probs is not None:
-            probs[:, :, q0:q1] = p
-        if sinks:
-            s = masked_scores(q[:, :, q0:q1], k, scale, allowed(q0, q1))
-            for sink in sinks:
-                sink(q0, q1, p, s)
-    return probs
+        scores = lambda: masked_scores(q[:, :, q0:q1], k, call.scale, call.allowed(q0, q1))  # noqa: E731
+        return Rows(out[:, :, q0:q1], None, empty[:, :, q0:q1], Chunk(q0, q1, nk, slice(0, nk), p, scores_fn=scores))
 
-
-def finish(out: torch.Tensor, empty: torch.Tensor, probs) -> reference.AttnOut:
-    return reference.AttnOut(out=out.masked_fill(empty[..., None], 0.0), lse=None, empty=empty, probs=probs)
+    return run_chunks(q, nk, out.shape[-1], step, chunk=call.chunk, sinks=call.sinks, want_probs=call.want_probs,
+                      want_lse=False)
 
 
 def key_masked(x: torch.Tensor, key_ok) -> torch.Tensor:
@@ -90,7 +100,7 @@ def key_masked(x: torch.Tensor, key_ok) -> torch.Tensor:
 
 
 @register
-class LinearEfficient(Variant):
+class LinearEfficient(Approximation):
     """Efficient Attention (Shen, Zhang, Zhao, Yi & Li, 2021, WACV, arXiv:1812.01243).
 
     out = ρ_q(Q) (ρ_k(K)ᵀ V), ρ_q a softmax over the features of each query, ρ_k a softmax over
@@ -100,25 +110,21 @@ class LinearEfficient(Variant):
     """
 
     name = "linear_efficient"
-    family = "approx"
     applies_to = BIDIRECTIONAL
 
-    def attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
+    def attend(self, call):
+        q, k, v = call.q, call.k, call.v
         B, H, N, _ = q.shape
-        Nk = k.shape[2]
-        key_ok, row_ok = key_and_row_masks(allowed, B, H, N, Nk, chunk, q.device)
+        key_ok, row_ok = model_masks(call, self.name)
         q_feat = torch.softmax(q.float(), dim=-1)  # (B,H,N,D)
-        k_pos = softmax_rows(key_masked(k.float().transpose(-1, -2), key_ok))[0]  # (B,H,D,Nk)
+        k_pos = softmax_lse(key_masked(k.float().transpose(-1, -2), key_ok))[0]  # (B,H,D,Nk)
         context = torch.matmul(k_pos, v.float())  # (B,H,D,Dv)
         out = torch.matmul(q_feat, context)
-        empty = empty_rows(row_ok, B, H, N, q.device)
 
         def rows(q0, q1):
             return torch.matmul(q_feat[:, :, q0:q1], k_pos)
 
-        probs = implied_probs(q, k, scale, allowed, chunk=chunk, want_probs=want_probs, sinks=sinks,
-                              rows=rows, empty=empty)
-        return finish(out, empty, probs)
+        return finish(call, out, empty_rows(row_ok, B, H, N, q.device), rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +145,7 @@ def focus(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 @register
-class FocusedLinear(Variant):
+class FocusedLinear(Approximation):
     """Focused linear attention of FLatten (Han, Pan, Han, Song & Huang, 2023, ICCV, arXiv:2308.00442).
 
     φ(x) = ‖x⁺‖·(x⁺)^p/‖(x⁺)^p‖ with x⁺ = ReLU(x);
@@ -151,22 +157,22 @@ class FocusedLinear(Variant):
     """
 
     name = "focused_linear"
-    family = "approx"
     applies_to = ALL_KINDS
     params = (Param("p", float, 3.0, "focusing power", low=1.0, high=16.0),)
 
-    def attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
+    def attend(self, call):
+        q, k, v = call.q, call.k, call.v
         B, H, N, _ = q.shape
         Nk = k.shape[2]
-        causal = ctx.causal and N == Nk
-        key_ok, row_ok = key_and_row_masks(allowed, B, H, N, Nk, chunk, q.device)
+        causal = call.ctx.causal and N == Nk
+        key_ok, row_ok = model_masks(call, self.name, causal=causal)
         phi_q = focus(q, self.p)  # (B,H,N,D)
         phi_k = focus(k, self.p)
         if key_ok is not None:
             phi_k = phi_k * key_ok[..., None]
         vf = v.float()
         if causal:
-            num, den = causal_linear(phi_q, phi_k, vf, chunk)
+            num, den = causal_linear(phi_q, phi_k, vf, call.chunk)
         else:
             num = torch.matmul(phi_q, torch.matmul(phi_k.transpose(-1, -2), vf))  # (B,H,N,Dv)
             den = torch.matmul(phi_q, phi_k.sum(-2)[..., None])[..., 0]  # (B,H,N)
@@ -181,9 +187,7 @@ class FocusedLinear(Variant):
                 a = a.masked_fill(later, 0.0)
             return a / safe_den[:, :, q0:q1, None]
 
-        probs = implied_probs(q, k, scale, allowed, chunk=chunk, want_probs=want_probs, sinks=sinks,
-                              rows=rows, empty=empty)
-        return finish(out, empty, probs)
+        return finish(call, out, empty, rows)
 
 
 def causal_linear(phi_q, phi_k, v, chunk: int):
@@ -225,7 +229,7 @@ def agent_tokens(q: torch.Tensor, ctx: TokenContext, side: int) -> torch.Tensor:
 
 
 @register
-class Agent(Variant):
+class Agent(Approximation):
     """Agent Attention (Han, Ye, Han, Pan, Song & Huang, 2024, ECCV, arXiv:2312.08874).
 
     Agents A = the patch queries average-pooled on the grid to √n × √n (e.g. 7×7 for n = 49; a
@@ -239,7 +243,6 @@ class Agent(Variant):
     """
 
     name = "agent"
-    family = "approx"
     applies_to = frozenset({"vit"})
     params = (Param("agents", int, 49, "number of agents, a square (√n × √n grid)", low=1),)
 
@@ -248,23 +251,20 @@ class Agent(Variant):
         if math.isqrt(self.agents) ** 2 != self.agents:
             raise VariantError(f"agent: agents={self.agents} must be a perfect square (a side × side grid of agents)")
 
-    def attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
+    def attend(self, call):
+        q, k, v, scale = call.q, call.k, call.v, call.scale
         B, H, N, _ = q.shape
-        Nk = k.shape[2]
-        key_ok, row_ok = key_and_row_masks(allowed, B, H, N, Nk, chunk, q.device)
-        agents = agent_tokens(q, ctx, math.isqrt(self.agents))  # (B,H,n,D)
-        agent_reads = softmax_rows(key_masked(masked_scores(agents, k, scale, None), key_ok))[0]  # (B,H,n,Nk)
+        key_ok, row_ok = model_masks(call, self.name)
+        agents = agent_tokens(q, call.dctx, math.isqrt(self.agents))  # (B,H,n,D)
+        agent_reads = softmax_lse(key_masked(masked_scores(agents, k, scale, None), key_ok))[0]  # (B,H,n,Nk)
         agent_values = torch.matmul(agent_reads, v.float())  # (B,H,n,Dv)
         query_reads = torch.softmax(masked_scores(q, agents, scale, None), dim=-1)  # (B,H,N,n)
         out = torch.matmul(query_reads, agent_values)
-        empty = empty_rows(row_ok, B, H, N, q.device)
 
         def rows(q0, q1):
             return torch.matmul(query_reads[:, :, q0:q1], agent_reads)
 
-        probs = implied_probs(q, k, scale, allowed, chunk=chunk, want_probs=want_probs, sinks=sinks,
-                              rows=rows, empty=empty)
-        return finish(out, empty, probs)
+        return finish(call, out, empty_rows(row_ok, B, H, N, q.device), rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def random_projection(k: int, n: int, seed: int) -> torch.Tensor:
 
 
 @register
-class Linformer(Variant):
+class Linformer(Approximation):
     """Linformer with fixed projections (Wang, Li, Khabsa, Fang & Ma, 2020, arXiv:2006.04768).
 
     K' = E K, V' = E V with E (k × N), k ≤ N (a larger k is cut to N):
@@ -292,7 +292,6 @@ class Linformer(Variant):
     """
 
     name = "linformer"
-    family = "approx"
     applies_to = BIDIRECTIONAL
     params = (
         Param("k", int, 64, "projected length", low=1),
@@ -300,10 +299,11 @@ class Linformer(Variant):
         Param("seed", int, 0, "seed of the random projection", low=0),
     )
 
-    def attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
+    def attend(self, call):
+        q, k, v, scale = call.q, call.k, call.v, call.scale
         B, H, N, _ = q.shape
         Nk = k.shape[2]
-        key_ok, row_ok = key_and_row_masks(allowed, B, H, N, Nk, chunk, q.device)
+        key_ok, row_ok = model_masks(call, self.name)
         n_proj = min(self.k, Nk)
         if self.proj == "mean":
             segment = torch.arange(Nk, device=q.device) * n_proj // Nk
@@ -326,7 +326,7 @@ class Linformer(Variant):
                 return torch.matmul(p, e)
 
         s = masked_scores(q, k_proj, scale, None if proj_ok is None else proj_ok[:, :, None, :])  # (B,H,N,k)
-        reads, _ = softmax_rows(s)
+        reads = softmax_lse(s)[0]
         out = torch.matmul(reads, v_proj)
         empty = empty_rows(row_ok, B, H, N, q.device)
         if proj_ok is not None:
@@ -335,9 +335,7 @@ class Linformer(Variant):
         def rows(q0, q1):
             return project_rows(reads[:, :, q0:q1])
 
-        probs = implied_probs(q, k, scale, allowed, chunk=chunk, want_probs=want_probs, sinks=sinks,
-                              rows=rows, empty=empty)
-        return finish(out, empty, probs)
+        return finish(call, out, empty, rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +356,7 @@ def pool_groups(ctx: TokenContext, r: int) -> tuple[torch.Tensor, int]:
 
 
 @register
-class KVPool2D(Variant):
+class KVPool2D(Approximation):
     """Spatial-reduction attention: Twins (Chu et al., 2021, arXiv:2104.13840), after PVT (Wang
     et al., 2021, arXiv:2102.12122); EDAFormer (Yu et al., 2024) pools the same way.
 
@@ -369,26 +367,26 @@ class KVPool2D(Variant):
     """
 
     name = "kv_pool_2d"
-    family = "approx"
     applies_to = frozenset({"vit"})
     params = (Param("r", int, 2, "cell side in patches", low=1),)
 
-    def attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
+    def attend(self, call):
+        q, k, v, scale, chunk = call.q, call.k, call.v, call.scale, call.chunk
         B, H, N, _ = q.shape
         Nk = k.shape[2]
-        if Nk != ctx.n:
+        if Nk != call.ctx.n:
             raise VariantError("kv_pool_2d needs self-attention over the ViT's tokens")
-        key_ok, row_ok = key_and_row_masks(allowed, B, H, N, Nk, chunk, q.device)
-        group, n_groups = pool_groups(ctx, self.r)
+        key_ok, row_ok = model_masks(call, self.name)
+        group, n_groups = pool_groups(call.ctx, self.r)
         group = group.to(q.device)
         k_pool, count = group_mean(k, group, n_groups, key_ok)  # (B,H,G,D), (B,H,G)
         v_pool, _ = group_mean(v, group, n_groups, key_ok)
         pooled_ok = count > 0
 
         def reads(q0, q1):  # (B,H,c,G): N×N/r² in all, so one query chunk at a time
-            return softmax_rows(masked_scores(q[:, :, q0:q1], k_pool, scale, pooled_ok[:, :, None, :]))[0]
+            return softmax_lse(masked_scores(q[:, :, q0:q1], k_pool, scale, pooled_ok[:, :, None, :]))[0]
 
-        out = torch.cat([torch.matmul(reads(q0, min(N, q0 + chunk)), v_pool) for q0 in range(0, N, chunk)], dim=2)
+        out = torch.cat([torch.matmul(reads(q0, q1), v_pool) for q0, q1 in chunk_ranges(N, chunk)], dim=2)
         empty = empty_rows(row_ok, B, H, N, q.device)
         share = torch.where(pooled_ok, 1.0 / count.clamp_min(1e-30), 0.0)[:, :, group]  # (B,H,Nk)
         if key_ok is not None:
@@ -397,9 +395,7 @@ class KVPool2D(Variant):
         def rows(q0, q1):
             return reads(q0, q1)[..., group] * share[:, :, None, :]
 
-        probs = implied_probs(q, k, scale, allowed, chunk=chunk, want_probs=want_probs, sinks=sinks,
-                              rows=rows, empty=empty)
-        return finish(out, empty, probs)
+        return finish(call, out, empty, rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,69 +405,40 @@ class KVPool2D(Variant):
 DEFAULT_INNER = "sliding_window:w=64,sinks=4"
 
 
-class _RowsOf:
-    """The `allowed` function of an attend call, seen as a model mask (`rows(q0, q1)`)."""
-
-    def __init__(self, allowed):
-        self.rows = allowed
-
-
-def rows_allowed(allowed, rows: torch.Tensor, B: int, H: int, Nk: int):
-    """The model's mask for scattered query rows: (B,H,len(rows),Nk) bool, or None."""
-    masks = [allowed(r, r + 1) for r in rows.tolist()]
-    if masks[0] is None:
-        return None
-    return torch.cat([m.expand(B, H, 1, Nk) for m in masks], dim=2)
-
-
-def full_rows(q, k, scale, allowed, rows: torch.Tensor) -> torch.Tensor:
-    """Exact softmax probabilities (B,H,len(rows),Nk) of the given query rows under the model's mask."""
-    B, H, _, _ = q.shape
-    keep = rows_allowed(allowed, rows, B, H, k.shape[2])
-    return softmax_rows(masked_scores(q[:, :, rows], k, scale, keep))[0]
-
-
 class _CorrectedProbs:
     """A sink for the inner run: turns each chunk of inner probabilities p_i into the corrected
     p_i + (P_full[g] − p_g), g the anchor row of i's group, stores them and hands them on.
-    Chunks must arrive in order (every attention path here runs them so)."""
+    Chunks arrive in order (kernels.core.run_chunks runs them so)."""
 
-    def __init__(self, q, k, scale, allowed, every: int, want_probs: bool, sinks, empty):
-        self.q, self.k, self.scale, self.allowed, self.every, self.sinks = q, k, scale, allowed, every, sinks
+    def __init__(self, call, every: int, empty):
+        self.call, self.every, self.sinks = call, every, call.sinks
         self.empty = empty  # (B,H,N) rows the model masks completely: zero
-        B, H, N, _ = q.shape
-        self.probs = q.new_empty(B, H, N, k.shape[2], dtype=torch.float32) if want_probs else None
+        B, H, N, _ = call.q.shape
+        self.probs = call.q.new_empty(B, H, N, call.k.shape[2], dtype=torch.float32) if call.want_probs else None
         self.carry = None  # (B,H,1,Nk): correction row of the last group of the previous chunk
-        self.next_q0 = 0
 
-    def __call__(self, q0: int, q1: int, p: torch.Tensor, s: torch.Tensor) -> None:
-        if q0 != self.next_q0:
-            raise RuntimeError("delta_correction: the inner variant handed its query chunks out of order")
-        self.next_q0 = q1
-        every, dev = self.every, p.device
+    def __call__(self, chunk: Chunk) -> None:
+        q0, q1, every = chunk.q0, chunk.q1, self.every
+        p, dev = chunk.wide(chunk.p, 0.0), chunk.p.device
         parts = [] if q0 % every == 0 else [self.carry]  # group of q0 started in the previous chunk
         first = -(-q0 // every) * every  # the first anchor row at or after q0
         anchors = torch.arange(first, max(first, q1), every, device=dev)
         if len(anchors):
-            full = full_rows(self.q, self.k, self.scale, self.allowed, anchors)
-            parts.append(full - p[:, :, anchors - q0])
+            parts.append(self.call.full_rows(anchors) - p[:, :, anchors - q0])
         correction = torch.cat(parts, dim=2)  # (B,H,groups in chunk,Nk)
         group = torch.arange(q0, q1, device=dev) // every - q0 // every
         corrected = (p + correction[:, :, group]).masked_fill(self.empty[:, :, q0:q1, None], 0.0)
         self.carry = correction[:, :, -1:]
         if self.probs is not None:
             self.probs[:, :, q0:q1] = corrected
+        wide = Chunk(q0, q1, chunk.nk, slice(0, chunk.nk), corrected,
+                     scores_fn=lambda: chunk.wide(chunk.scores, NEG_INF))
         for sink in self.sinks:
-            sink(q0, q1, corrected, s)
-
-
-def unwrap(text: str) -> str:
-    text = text.strip()
-    return text[1:-1].strip() if text.startswith("[") and text.endswith("]") else text
+            sink(wide)
 
 
 @register
-class DeltaCorrection(Variant):
+class DeltaCorrection(Approximation):
     """Δ attention (Willette, Lee & Hwang, 2025, arXiv:2505.11254).
 
     Wraps a sparse variant `inner`: the inner variant runs for every query; every `every`-th
@@ -489,8 +456,8 @@ class DeltaCorrection(Variant):
     """
 
     name = "delta_correction"
-    family = "approx"
     applies_to = ALL_KINDS
+    honours_native = True  # the inner variant and the anchor rows run through the softmax path
     params = (
         Param("inner", str, DEFAULT_INNER, "the sparse variant corrected, in [brackets] when it has parameters"),
         Param("every", int, 64, "one full-attention query row per this many rows", low=1),
@@ -498,14 +465,7 @@ class DeltaCorrection(Variant):
 
     def __init__(self, **values):
         super().__init__(**values)
-        text = unwrap(self.values["inner"])
-        if text.partition(":")[0].strip() == self.name:
-            raise VariantError("delta_correction: parameter inner cannot be delta_correction itself")
-        try:
-            self.inner_variant = parse_variant(text)
-        except VariantError as exc:
-            raise VariantError(f"delta_correction: parameter inner={text!r} is not usable: {exc}") from None
-        self.values["inner"] = f"[{text}]"  # so that spec() parses back
+        self.inner_variant, self.values["inner"] = parse_inner(self.name, self.values["inner"])
         self.needs_calibration = bool(getattr(self.inner_variant, "needs_calibration", False))
 
     def check(self, ctx: TokenContext) -> None:
@@ -517,25 +477,20 @@ class DeltaCorrection(Variant):
             return {}
         return self.inner_variant.calibrate(q0, q1, probs, scores, ctx)
 
-    def attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
+    def attend(self, call):
+        q, v, chunk = call.q, call.v, call.chunk
         B, H, N, _ = q.shape
         every = self.every
-        _, row_ok = key_and_row_masks(allowed, B, H, N, k.shape[2], chunk, q.device)
+        _, row_ok = mask_coverage(call.allowed, B, H, N, call.k.shape[2], chunk, q.device)
         masked_rows = empty_rows(row_ok, B, H, N, q.device)
-        tracker = None
-        if want_probs or sinks:
-            tracker = _CorrectedProbs(q, k, scale, allowed, every, want_probs, sinks, masked_rows)
-        sparse = reference.attention(
-            q, k, v, scale=scale, ctx=ctx, variant=self.inner_variant, model_mask=_RowsOf(allowed),
-            want_probs=False, sinks=(tracker,) if tracker is not None else (), chunk=chunk,
-        )
+        tracker = _CorrectedProbs(call, every, masked_rows) if call.want_probs or call.sinks else None
+        sparse = call.run(self.inner_variant, want_probs=False, sinks=(tracker,) if tracker is not None else ())
         anchors = torch.arange(0, N, every, device=q.device)
-        full_out = torch.cat([
-            torch.matmul(full_rows(q, k, scale, allowed, anchors[a0:a0 + chunk]), v.float())
-            for a0 in range(0, len(anchors), chunk)
-        ], dim=2)  # (B,H,G,Dv)
+        full_out = torch.cat([torch.matmul(call.full_rows(anchors[a0:a1]), v.float())
+                              for a0, a1 in chunk_ranges(len(anchors), chunk)], dim=2)  # (B,H,G,Dv)
         delta = full_out - sparse.out[:, :, anchors]
         group = torch.arange(N, device=q.device) // every
         out = sparse.out + delta[:, :, group]
         empty = masked_rows | (sparse.empty & (delta == 0).all(-1)[:, :, group])
-        return finish(out, empty, tracker.probs if tracker else None)
+        return AttnOut(out=out.masked_fill(empty[..., None], 0.0), lse=None, empty=empty,
+                       probs=tracker.probs if tracker else None)

@@ -2,13 +2,20 @@
 
 A variant changes attention through at most these hooks (all optional):
   mask_mod(ctx)   -> f(b, h, q_idx, kv_idx) -> bool   keep (True) or mask a score; static
-  score_mod(ctx)  -> f(score, b, h, q_idx, kv_idx)    add a bias to a score
-  row_mask(s, allowed, q_idx, ctx) -> allowed          content-dependent pruning (top-k, ...)
-  row_probs(s, allowed, q_idx, ctx) -> probs           a different normaliser (entmax, relaxed, ...)
-  attend(q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk) -> AttnOut
-                                                       replaces the whole computation
+  score_mod(ctx)  -> f(score, b, h, q_idx, kv_idx)    change a score (add a bias, cap it)
+  row_mask(s, q_idx, kv_idx, ctx) -> keep              content-dependent pruning (top-k, ...) of the
+                                                       masked scores s (B, H, c, w) of keys kv_idx (w,)
+  row_probs(s, q_idx, kv_idx, ctx) -> probs            a different normaliser (entmax, relaxed, ...)
+  head_weight(ctx, heads) -> (H,) or None              scale each head's output and maps (head_ablation)
+  kernel_form(ctx) -> KernelSpec or None               its form in the Triton kernels (kernels/kernel_form.py)
+  attend(call) -> AttnOut                              replaces the whole computation; `call` is a
+                                                       kernels.reference.Call (q, k, v, the mask, the
+                                                       model's own attention, sinks, and the engine)
 Index functions follow FlexAttention's convention so the same function drives the
 reference path, FlexAttention and the mask views. They must only use broadcasting torch ops.
+Every variant is applied on top of the model's own mask and score modifiers (kernels/native.py);
+only one that says so in `widens_mask` (prefix_lm) may widen the model's mask, and one that cannot
+honour the model's own score modifiers sets `honours_native = False` and is refused on such models.
 
 A parameter whose default is None is "auto": its value depends on the model and is resolved
 from the TokenContext by `Variant.auto_value` (see `Variant.resolved`).
@@ -18,16 +25,14 @@ Static masks and pure score modifiers also describe themselves as FlexAttention 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from kernels.context import TokenContext
-from kernels.errors import UserError
+from kernels.errors import VariantError
+from kernels.snippet import FlexSource, flex_snippet
 
-
-class VariantError(UserError, ValueError):
-    """A variant name, parameter or target model that cannot be used; the message says why."""
+__all__ = ["FlexSource", "Param", "Variant", "VariantError"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,8 @@ class Variant:
     applies_to: ClassVar[frozenset[str]]  # subset of {"vit", "causal", "bidirectional"}
     params: ClassVar[tuple[Param, ...]] = ()
     cite: ClassVar[str] = ""
+    honours_native: ClassVar[bool] = True  # False: refused on a model with its own score modifiers or sinks
+    widens_mask: ClassVar[str] = ""  # a variant that widens the model's mask on purpose says how, for the screen
 
     def __init__(self, **values: Any):
         known = {p.name: p for p in self.params}
@@ -124,10 +131,14 @@ class Variant:
         return self.name + (":" + ",".join(changed) if changed else "")
 
     def check(self, ctx: TokenContext) -> None:
-        if ctx.kind not in self.applies_to:
+        """Refuse, in one line, a context this variant cannot run on."""
+        self.check_kind(ctx.kind)
+
+    def check_kind(self, kind: str) -> None:
+        if kind not in self.applies_to:
             raise VariantError(
                 f"variant {self.name} applies to {', '.join(sorted(self.applies_to))} models, "
-                f"not to a {ctx.kind} model; pick another variant"
+                f"not to a {kind} model; pick another variant"
             )
 
     # hooks: None means "not used"
@@ -136,6 +147,19 @@ class Variant:
 
     def score_mod(self, ctx: TokenContext):
         return None
+
+    def kernel_form(self, ctx: TokenContext):
+        """The variant as the Triton kernels run it (a kernels.kernel_form.KernelSpec), or None: the
+        reference path runs it. Declared in the variant's own file, next to its rule."""
+        return None
+
+    def head_weight(self, ctx: TokenContext, heads: int):
+        """(heads,) float weight of each head's output and maps, or None (every head as computed)."""
+        return None
+
+    def prefix_length(self, ctx: TokenContext) -> int:
+        """With `widens_mask`: how many leading tokens see each other both ways."""
+        return 0
 
     row_mask = None
     row_probs = None
@@ -161,8 +185,6 @@ class Variant:
         `sizes` (n, grid, n_prefix, n_heads) replace the placeholder sizes in the code."""
         if type(self).flex_source is Variant.flex_source:
             raise VariantError(f"{self.name} is not a static mask or score modifier; it has no FlexAttention form")
-        from kernels.flex import flex_snippet  # lazy: kernels.flex imports this module
-
         return flex_snippet(self, ctx_kind, **sizes)
 
     @property
@@ -186,23 +208,8 @@ class Variant:
                 for p in cls.params
             ],
             "doc": (cls.__doc__ or "").strip(),
+            "widens_mask": cls.widens_mask,
         }
-
-
-@dataclass(frozen=True)
-class FlexSource:
-    """A variant written as FlexAttention source, for `kernels.flex.flex_snippet`.
-
-    functions: module-level pure functions the expressions call (copied into the snippet with
-    inspect.getsource, helpers first). mask / bias: one Python expression in b, h, q_idx, kv_idx
-    and the snippet's globals (N, N_HEADS; on a ViT also GRID, SPECIAL, ROW, COL) giving the keep
-    mask / the bias added to the score; None when the variant has no mask / no bias.
-    Special tokens are kept global and unbiased by the snippet itself on a ViT.
-    """
-
-    functions: tuple[Callable, ...]
-    mask: str | None = None
-    bias: str | None = None
 
 
 _AUTO = ("auto", "none", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kernels.kernel_form import KernelSpec
 from kernels.variants.base import Variant
 from kernels.variants.registry import register
 
@@ -13,3 +14,6 @@ class Full(Variant):
     name = "full"
     family = "baseline"
     applies_to = frozenset({"vit", "causal", "bidirectional"})
+
+    def kernel_form(self, ctx):
+        return KernelSpec()

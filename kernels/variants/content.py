@@ -1,8 +1,9 @@
 """Family (b) of shared/VARIANTS.md: content-dependent sparsity — which keys a query keeps
 depends on the scores themselves (entries 8–13).
 
-The helpers at the top (chunked softmax attention under an extra keep mask, group means,
-the global rows and columns of special tokens, a stable top-k mask) are shared with `approx.py`.
+The helpers at the top (group means, the global rows and columns of special tokens, a stable
+top-k mask) are shared with `approx.py`. Every rule here only removes keys: the attention path
+(kernels/reference.py) ANDs what a rule keeps with what the model's own mask allows.
 
 Conventions of the whole family:
 - Special tokens of a ViT (CLS, registers, ...) stay global: a special query keeps every key
@@ -24,78 +25,18 @@ import math
 import numpy as np
 import torch
 
-from kernels import reference
 from kernels.context import TokenContext
+from kernels.core import NEG_INF, softmax_lse
+from kernels.kernel_form import MASK_GROUP, ContentTables, KernelSpec
 from kernels.variants.base import Param, Variant, VariantError
 from kernels.variants.registry import register
 
-NEG_INF = float("-inf")
 ALL_KINDS = frozenset({"vit", "causal", "bidirectional"})
 
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def masked_scores(q_rows: torch.Tensor, k: torch.Tensor, scale: float, keep) -> torch.Tensor:
-    """s = q kᵀ·scale in float32, -inf where `keep` is False. q_rows (B,H,c,D), k (B,H,Nk,D) -> (B,H,c,Nk)."""
-    s = torch.matmul(q_rows.float(), k.float().transpose(-1, -2)) * scale
-    return s if keep is None else s.masked_fill(~keep, NEG_INF)
-
-
-def softmax_rows(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over the last axis of masked scores; rows with no finite score give zeros.
-
-    Returns (probs shaped like s, lse over the last axis, -inf on empty rows). Normalised by the
-    sum rather than through the lse, which keeps full precision when scores are large."""
-    peak = s.amax(-1, keepdim=True)
-    dead = torch.isneginf(peak)
-    e = torch.exp(s - peak.masked_fill(dead, 0.0))  # 0 on masked entries and on empty rows
-    total = e.sum(-1, keepdim=True)
-    return e / total.masked_fill(dead, 1.0), (peak + torch.log(total)).squeeze(-1)
-
-
-def plain_softmax(s: torch.Tensor, q0: int, q1: int):
-    p, lse = softmax_rows(s)
-    return p, s, lse
-
-
-def chunked_attention(q, k, v, *, scale: float, chunk: int, want_probs: bool, sinks, keep,
-                      normalise=plain_softmax) -> reference.AttnOut:
-    """Softmax attention under a keep mask, chunked over queries like the reference path.
-
-    keep(q0, q1) -> bool mask broadcastable to (B,H,c,Nk) or None. normalise(s, q0, q1) ->
-    (probs, scores shown to sinks, lse) turns the masked scores s (B,H,c,Nk) into probabilities;
-    rows whose lse is -inf are empty and give zeros. out = probs @ v.
-    """
-    B, H, N, _ = q.shape
-    out = q.new_empty(B, H, N, v.shape[-1], dtype=torch.float32)
-    lse = q.new_empty(B, H, N, dtype=torch.float32)
-    empty = torch.zeros(B, H, N, dtype=torch.bool, device=q.device)
-    probs = q.new_empty(B, H, N, k.shape[2], dtype=torch.float32) if want_probs else None
-    vf = v.float()
-    for q0 in range(0, N, chunk):
-        q1 = min(N, q0 + chunk)
-        s = masked_scores(q[:, :, q0:q1], k, scale, keep(q0, q1))
-        p, shown, row_lse = normalise(s, q0, q1)
-        dead = torch.isneginf(row_lse)
-        p = p.masked_fill(dead[..., None], 0.0)
-        out[:, :, q0:q1] = torch.matmul(p, vf)
-        lse[:, :, q0:q1] = row_lse
-        empty[:, :, q0:q1] = dead
-        if probs is not None:
-            probs[:, :, q0:q1] = p
-        for sink in sinks:
-            sink(q0, q1, p, shown)
-    return reference.AttnOut(out=out, lse=lse, empty=empty, probs=probs)
-
-
-def and_masks(a, b):
-    """AND of two optional keep masks (None = keep all)."""
-    if a is None:
-        return b
-    return a if b is None else a & b
 
 
 def group_mean(x: torch.Tensor, group: torch.Tensor, n_groups: int, weight: torch.Tensor | None = None):
@@ -112,22 +53,13 @@ def group_mean(x: torch.Tensor, group: torch.Tensor, n_groups: int, weight: torc
     return total / count.clamp_min(1e-30)[..., None], count
 
 
-def global_keep(ctx: TokenContext, q_idx: torch.Tensor, nk: int, device) -> torch.Tensor | None:
-    """bool (1,1,c,Nk): True where the query or the key is a special token (they stay global);
-    None when the context has no special token."""
-    special = ctx.special.to(device)
+def global_keep(ctx: TokenContext, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor | None:
+    """bool (1, 1, c, w): True where the query or the key is a special token (they stay global);
+    None when the context has no special token. kv_idx: the keys (w,), positions of the context."""
+    special = ctx.special.to(q_idx.device)
     if not bool(special.any()):
         return None
-    rows = special[q_idx][:, None]
-    cols = special[None, :] if nk == ctx.n else torch.zeros(1, nk, dtype=torch.bool, device=device)
-    return (rows | cols)[None, None]
-
-
-def special_keys(ctx: TokenContext, nk: int, device) -> torch.Tensor | None:
-    """bool (Nk,) special keys, or None when there are none."""
-    if nk != ctx.n or not bool(ctx.special.any()):
-        return None
-    return ctx.special.to(device)
+    return (special[q_idx][:, None] | special[kv_idx][None, :])[None, None]
 
 
 def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -141,18 +73,16 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return keep & (scores > NEG_INF)
 
 
-def pooled_keep_fn(table: torch.Tensor, q_group: torch.Tensor, k_group: torch.Tensor, ctx: TokenContext, allowed):
-    """keep(q0, q1) from a group-to-group table (B,H,Gq,Gk): token i keeps key j when
-    table[group_i, group_j]; special tokens stay global; the model's mask is ANDed."""
-    nk = k_group.shape[0]
+def pooled_keep_fn(table: torch.Tensor, q_group: torch.Tensor, k_group: torch.Tensor, ctx: TokenContext):
+    """keep(q0, q1) -> bool (B, H, c, Nk) from a group-to-group table (B, H, Gq, Gk): token i keeps key j
+    when table[group_i, group_j]; special tokens stay global."""
+    kv_idx = torch.arange(k_group.shape[0], device=table.device)
 
     def keep(q0: int, q1: int):
         rows = table[:, :, q_group[q0:q1].clamp_min(0)]  # (B,H,c,Gk)
         m = rows[:, :, :, k_group.clamp_min(0)]  # (B,H,c,Nk)
-        glob = global_keep(ctx, torch.arange(q0, q1, device=table.device), nk, table.device)
-        if glob is not None:
-            m = m | glob
-        return and_masks(allowed(q0, q1), m)
+        glob = global_keep(ctx, torch.arange(q0, q1, device=table.device), kv_idx)
+        return m if glob is None else m | glob
 
     return keep
 
@@ -193,17 +123,13 @@ class TopK(Variant):
     def auto_value(self, name: str, ctx: TokenContext):
         return math.ceil(ctx.n / 4) if ctx.kind == "vit" else 64
 
-    def row_mask(self, s, allowed, q_idx, ctx):
+    def row_mask(self, s, q_idx, kv_idx, ctx):
         k = self.resolved(ctx)["k"]
-        scores = s if allowed is None else s.masked_fill(~allowed, NEG_INF)
-        specials = special_keys(ctx, s.shape[-1], s.device)
-        if specials is not None:  # special keys are kept anyway: they do not use up the k
-            scores = scores.masked_fill(specials, NEG_INF)
-        keep = top_k_mask(scores, k)
-        glob = global_keep(ctx, q_idx.to(s.device), s.shape[-1], s.device)
-        if glob is not None:
-            keep = keep | glob
-        return and_masks(allowed, keep)
+        glob = global_keep(ctx, q_idx, kv_idx)
+        if glob is None:
+            return top_k_mask(s, k)
+        special = ctx.special[kv_idx]  # special keys are kept anyway: they do not use up the k
+        return top_k_mask(s.masked_fill(special, NEG_INF), k) | glob
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,22 +189,21 @@ class TopTheta(Variant):
             raise VariantError(f"top_theta: calibration of layer {ctx.layer} has {total.shape[0]} heads, not {heads}")
         return torch.where(rows > 0, total / rows.clamp_min(1), float("-inf")).float()
 
-    def attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
-        theta = self.thresholds(ctx, q.shape[1]).to(q.device)[None, :, None, None]  # (1,H,1,1)
-        nk = k.shape[2]
+    def attend(self, call):
+        theta = self.thresholds(call.ctx, call.q.shape[1]).to(call.q.device)[None, :, None, None]  # (1,H,1,1)
+        ctx = call.dctx
 
-        def normalise(s, q0, q1):
+        def normalise(s, q0, q1, kv_idx, sink):
             pruned = (s < theta) & (s > NEG_INF)
-            glob = global_keep(ctx, torch.arange(q0, q1, device=s.device), nk, s.device)
+            glob = global_keep(ctx, torch.arange(q0, q1, device=s.device), kv_idx)
             if glob is not None:
                 pruned = pruned & ~glob
             shown = s.masked_fill(pruned, NEG_INF)
             lifted = torch.where(pruned, theta.expand_as(s), s) if self.compensate else shown
-            p, lse = softmax_rows(lifted)
+            p, lse, _ = softmax_lse(lifted, sink)
             return p, shown, lse
 
-        return chunked_attention(q, k, v, scale=scale, chunk=chunk, want_probs=want_probs, sinks=sinks,
-                                 keep=allowed, normalise=normalise)
+        return call.softmax(normalise=normalise)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,20 +247,29 @@ class Routing2D(Variant):
         Param("k", int, 4, "regions kept per region", low=1),
     )
 
-    def attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
+    def routes(self, q, k, ctx: TokenContext):
+        """(routed (B, H, R, R) bool, region of each token, the same for keys). k may carry fewer (kv) heads."""
         if k.shape[2] != q.shape[2]:
             raise VariantError("routing_2d needs self-attention (as many keys as queries)")
         region, n_regions = grid_regions(ctx, self.S)
         region = region.to(q.device)
         q_mean, _ = group_mean(q, region, n_regions)  # (B,H,R,D)
         k_mean, _ = group_mean(k, region, n_regions)
+        k_mean = k_mean.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         affinity = torch.matmul(q_mean, k_mean.transpose(-1, -2))  # (B,H,R,R)
         if ctx.causal:  # a chunk never routes to a later chunk
             later = torch.ones(n_regions, n_regions, dtype=torch.bool, device=q.device).triu(1)
             affinity = affinity.masked_fill(later, NEG_INF)
-        routed = top_k_mask(affinity, self.k)
-        keep = pooled_keep_fn(routed, region, region, ctx, allowed)
-        return chunked_attention(q, k, v, scale=scale, chunk=chunk, want_probs=want_probs, sinks=sinks, keep=keep)
+        return top_k_mask(affinity, self.k), region, region
+
+    def attend(self, call):
+        return call.softmax(keep=pooled_keep_fn(*self.routes(call.q, call.k, call.dctx), call.dctx))
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec:
+        def content(q, k):
+            return ContentTables(group=self.routes(q, k, ctx.to(q.device))) if k.shape[2] == q.shape[2] else None
+
+        return KernelSpec(mask=MASK_GROUP, content=content)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,21 +298,27 @@ class BlockTopK(Variant):
         Param("blocks", int, 8, "key blocks kept per query block", low=1),
     )
 
-    def attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
+    def chosen(self, q, k, ctx: TokenContext):
+        """(chosen (B, H, nq, nkb) bool, block of each query, block of each key). k may carry fewer (kv) heads."""
         N, Nk, dev = q.shape[2], k.shape[2], q.device
         q_block, k_block = torch.arange(N, device=dev) // self.b, torch.arange(Nk, device=dev) // self.b
         nq, nkb = -(-N // self.b), -(-Nk // self.b)
         q_mean, _ = group_mean(q, q_block, nq)
         k_mean, _ = group_mean(k, k_block, nkb)
+        k_mean = k_mean.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         pooled = torch.matmul(q_mean, k_mean.transpose(-1, -2))  # (B,H,nq,nkb)
         qb, kb = torch.arange(nq, device=dev)[:, None], torch.arange(nkb, device=dev)[None, :]
         forced = (kb == qb) | (kb == 0)
         pooled = pooled.masked_fill(forced, float("inf"))
         if ctx.causal and N == Nk:
             pooled = pooled.masked_fill(kb > qb, NEG_INF)
-        chosen = top_k_mask(pooled, self.blocks) | forced
-        keep = pooled_keep_fn(chosen, q_block, k_block, ctx, allowed)
-        return chunked_attention(q, k, v, scale=scale, chunk=chunk, want_probs=want_probs, sinks=sinks, keep=keep)
+        return top_k_mask(pooled, self.blocks) | forced, q_block, k_block
+
+    def attend(self, call):
+        return call.softmax(keep=pooled_keep_fn(*self.chosen(call.q, call.k, call.dctx), call.dctx))
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec:
+        return KernelSpec(mask=MASK_GROUP, content=lambda q, k: ContentTables(group=self.chosen(q, k, ctx)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,13 +328,15 @@ class BlockTopK(Variant):
 
 def sparsemax(z: torch.Tensor) -> torch.Tensor:
     """Sparsemax over the last axis (Martins & Astudillo, 2016), exact by sorting; -inf = masked.
-    Rows with no finite entry give zeros."""
+    Rows with no finite entry give zeros. Computed on z − max z (sparsemax is shift invariant), so the
+    largest entry is exactly 0 and always in the support, however large the scores are."""
     dead = torch.isneginf(z).all(-1, keepdim=True)
     z = z.masked_fill(dead, 0.0)
+    z = z - z.amax(-1, keepdim=True)
     ranked = torch.sort(z, dim=-1, descending=True).values
     cumsum = ranked.cumsum(-1)
     rank = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
-    support = (1 + rank * ranked > cumsum).sum(-1, keepdim=True)  # size of the support, ≥ 1
+    support = (1 + rank * ranked > cumsum).sum(-1, keepdim=True).clamp_min(1)  # size of the support
     tau = (cumsum.gather(-1, support - 1) - 1) / support
     return torch.clamp(z - tau, min=0.0).masked_fill(dead, 0.0)
 
@@ -437,9 +379,9 @@ class Entmax(Variant):
     applies_to = ALL_KINDS
     params = (Param("alpha", float, 1.5, "1 = softmax, 2 = sparsemax", low=1.0, high=2.0),)
 
-    def row_probs(self, s, allowed, q_idx, ctx):
+    def row_probs(self, s, q_idx, kv_idx, ctx):
         if self.alpha == 1.0:
-            return softmax_rows(s)[0]
+            return softmax_lse(s)[0]
         if self.alpha == 2.0:
             return sparsemax(s)
         return entmax_bisect(s, self.alpha)

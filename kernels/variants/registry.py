@@ -32,6 +32,20 @@ def parse_variant(spec: str | Variant) -> Variant:
     return REGISTRY[name](**values)
 
 
+def parse_inner(owner: str, raw: str) -> tuple[Variant, str]:
+    """The variant a wrapping variant's `inner` parameter names, and that parameter as it parses back:
+    in [brackets] when it has parameters (`inner=[sliding_window:w=64,sinks=4]`), a bare name without."""
+    text = raw.strip()
+    text = text[1:-1].strip() if text.startswith("[") and text.endswith("]") else text
+    if text.partition(":")[0].strip() == owner:
+        raise VariantError(f"{owner}: parameter inner cannot be {owner} itself")
+    try:
+        inner = parse_variant(text)
+    except VariantError as exc:
+        raise VariantError(f"{owner}: parameter inner={text!r} is not usable: {exc}") from None
+    return inner, f"[{text}]" if ":" in text else text
+
+
 def _split_params(rest: str) -> list[str]:
     """Split on commas outside brackets so list values like heads=[(0,1),(2,3)] survive."""
     out, depth, cur = [], 0, ""

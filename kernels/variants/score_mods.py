@@ -4,19 +4,21 @@ decay_1d, manhattan_decay and gaussian_2d add a position bias to s = QKᵀ·scal
 tiny pure function (attention-gym style) bound to the parameters by a `ScoreMod` class, usable
 as a FlexAttention score_mod. On a ViT a pair that involves a special token gets no bias.
 The other three are not pure biases: polyline_path mixes two softmaxes (`attend`), relaxed
-changes the normaliser (`row_probs`), head_ablation zeroes heads (`attend`).
+changes the normaliser (`row_probs`), head_ablation zeroes heads (`head_weight`).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from typing import ClassVar
 
 import torch
 
 from kernels.context import TokenContext
+from kernels.core import softmax_lse
+from kernels.kernel_form import BIAS_D2_TABLE, BIAS_DISTANCE, BIAS_GRID_D2, BIAS_MANHATTAN, ContentTables, KernelSpec
 from kernels.variants.base import FlexSource, Param, Variant, VariantError
-from kernels.variants.baseline import Full
 from kernels.variants.registry import register
 from kernels.variants.static_masks import BOTH, VIT, RuleVariant, special_pair
 
@@ -46,11 +48,15 @@ def gaussian_coefficient(sigma, lam):
     return max(-lam / 2 / sigma / sigma, -1e4)  # divided twice: σ² itself may underflow to 0
 
 
-def gaussian_2d(r_q, c_q, r_kv, c_kv, sigmas, log_weights, lam):
-    """log Σ_m w_m·exp(−λ·d²/(2σ_m²)), d the Euclidean grid distance; one σ gives −λ·d²/(2σ²)."""
-    d2 = (r_q - r_kv) ** 2 + (c_q - c_kv) ** 2
+def gaussian_mixture(d2, sigmas, log_weights, lam):
+    """log Σ_m w_m·exp(−λ·d²/(2σ_m²)) of squared distances d2; one σ gives −λ·d²/(2σ²)."""
     terms = [log_w + gaussian_coefficient(sigma, lam) * d2 for sigma, log_w in zip(sigmas, log_weights)]
     return torch.logsumexp(torch.stack(terms), dim=0)
+
+
+def gaussian_2d(r_q, c_q, r_kv, c_kv, sigmas, log_weights, lam):
+    """The Gaussian mixture of the squared Euclidean grid distance d² = Δr² + Δc²."""
+    return gaussian_mixture((r_q - r_kv) ** 2 + (c_q - c_kv) ** 2, sigmas, log_weights, lam)
 
 
 # ---------------------------------------------------------------- pure score modifiers
@@ -78,9 +84,16 @@ class RetentionDecay(ScoreMod):
 
     helpers = (retention_log_gamma,)
     per_head = True
+    kernel_bias: ClassVar[int]  # the distance the kernels multiply by log γ_h
 
     def rule_kwargs(self, values, sizes):
         return {"a": values["a"], "b": values["b"], "n_heads": sizes.n_heads}
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec:
+        a, b, n_heads = self.a, self.b, ctx.n_heads
+        return KernelSpec(bias=self.kernel_bias, uses_grid=self.on_grid,
+                          head_coef=lambda heads: retention_log_gamma(torch.arange(heads, dtype=torch.float64), a, b,
+                                                                      n_heads))
 
 
 def _retention_params(a: float, b: float) -> tuple[Param, ...]:
@@ -101,6 +114,7 @@ class Decay1D(RetentionDecay):
     name = "decay_1d"
     applies_to = BOTH
     rule = staticmethod(decay_1d)
+    kernel_bias = BIAS_DISTANCE
     params = _retention_params(5.0, 3.0)
 
 
@@ -115,6 +129,7 @@ class ManhattanDecay(RetentionDecay):
     name = "manhattan_decay"
     applies_to = VIT
     rule = staticmethod(manhattan_decay)
+    kernel_bias = BIAS_MANHATTAN
     on_grid = True
     params = _retention_params(2.0, 5.0)
 
@@ -133,7 +148,7 @@ class Gaussian2D(ScoreMod):
     name = "gaussian_2d"
     applies_to = VIT
     rule = staticmethod(gaussian_2d)
-    helpers = (gaussian_coefficient,)
+    helpers = (gaussian_coefficient, gaussian_mixture)
     on_grid = True
     params = (
         Param("sigma", float, 2.0, "width in patches", low=0, low_open=True),
@@ -159,6 +174,17 @@ class Gaussian2D(ScoreMod):
 
     def rule_kwargs(self, values, sizes):
         return {"sigmas": self.mixture, "log_weights": self.log_weights, "lam": values["lam"]}
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec:
+        """One σ: a coefficient of the squared grid distance; a mixture: the bias tabled by squared distance."""
+        if len(self.mixture) == 1 and self.log_weights[0] == 0.0:
+            coef = gaussian_coefficient(self.mixture[0], self.lam)
+            return KernelSpec(bias=BIAS_GRID_D2, uses_grid=True,
+                              head_coef=lambda heads: torch.full((heads,), coef, dtype=torch.float64))
+        rows, cols = ctx.grid
+        d2 = torch.arange((rows - 1) ** 2 + (cols - 1) ** 2 + 1, dtype=torch.float64)
+        table = gaussian_mixture(d2, self.mixture, self.log_weights, self.lam)
+        return KernelSpec(bias=BIAS_D2_TABLE, d2_table=table, uses_grid=True)
 
 
 def _parse_floats(variant: str, param: str, text: str, positive: bool) -> tuple[float, ...]:
@@ -210,6 +236,20 @@ def polyline_biases(log_alpha, log_beta, r_q, c_q, r_kv, c_kv):
     return horizontal_first, vertical_first
 
 
+def polyline_tables(log_alpha: torch.Tensor, log_beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prefix sums polyline_biases reads, flattened row-major per cell, as the Triton kernels take them.
+
+    Returns (row table, column table), each (..., 2, rows·cols): [0] inclusive, [1] exclusive sums.
+    Moving along row r from column a to b ≥ a sums row[0][r, b] − row[0][r, a]; to b < a it sums
+    row[1][r, a] − row[1][r, b] (the token stepped onto counts, the start does not).
+    """
+    along_row = log_alpha.cumsum(-1)
+    along_col = log_beta.cumsum(-2)
+    row = torch.stack([along_row, along_row - log_alpha], dim=-3).flatten(-2)
+    col = torch.stack([along_col, along_col - log_beta], dim=-3).flatten(-2)
+    return row, col
+
+
 def neighbour_similarity(k_grid: torch.Tensor, dim: int) -> torch.Tensor:
     """Mean cosine similarity of each cell's key with its neighbours along `dim` (-3 rows, -2 cols).
 
@@ -228,12 +268,6 @@ def neighbour_similarity(k_grid: torch.Tensor, dim: int) -> torch.Tensor:
 def _pad_along(x: torch.Tensor, dim: int, front: bool) -> torch.Tensor:
     zero = torch.zeros_like(x.narrow(dim, 0, 1))
     return torch.cat([zero, x] if front else [x, zero], dim=dim)
-
-
-def softmax_or_zero(s: torch.Tensor) -> torch.Tensor:
-    """softmax over the last axis; a row with every score −∞ gives zeros, not NaN."""
-    lse = torch.logsumexp(s, dim=-1, keepdim=True)
-    return torch.exp(s - lse.masked_fill(torch.isneginf(lse), 0.0))
 
 
 @register
@@ -263,6 +297,14 @@ class PolylinePath(Variant):
     def flex_snippet(self, ctx_kind=None, **sizes):
         raise VariantError(f"{self.name} mixes two softmaxes; it has no FlexAttention form (not a single score_mod)")
 
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec:
+        """Two online softmaxes in one kernel pass, the path biases from per-(kv-)head prefix-sum tables."""
+
+        def content(q, k):
+            return ContentTables(polyline=polyline_tables(*self.log_decays(k, ctx.to(k.device))))
+
+        return KernelSpec(paths=2, content=content, uses_grid=True)
+
     def log_decays(self, k: torch.Tensor, ctx: TokenContext) -> tuple[torch.Tensor, torch.Tensor]:
         """log α, log β per grid cell: (1, 1, rows, cols) constants, or (B, H, rows, cols) edge-aware."""
         rows, cols = ctx.grid
@@ -275,41 +317,25 @@ class PolylinePath(Variant):
         log_beta = (1 - neighbour_similarity(k_grid, dim=-3).double()) * log_beta
         return log_alpha, log_beta
 
-    def attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
-        from kernels.reference import AttnOut  # lazy: kernels.reference imports the variants package
-
+    def attend(self, call):
+        ctx = call.dctx
         self.check(ctx)
-        ctx = ctx.to(q.device)
-        B, H, N, _ = q.shape
-        if k.shape[2] != N:
-            raise VariantError(f"{self.name} needs self-attention over the grid (got {N} queries, {k.shape[2]} keys)")
-        log_alpha, log_beta = self.log_decays(k, ctx)
+        if call.k.shape[2] != call.q.shape[2]:
+            raise VariantError(f"{self.name} needs self-attention over the grid "
+                               f"(got {call.q.shape[2]} queries, {call.k.shape[2]} keys)")
+        log_alpha, log_beta = self.log_decays(call.k, ctx)
         row, col = ctx.row.clamp(min=0), ctx.col.clamp(min=0)  # special tokens: any cell, bias zeroed below
-        kf, vf = k.float(), v.float()
-        out = q.new_empty(B, H, N, v.shape[-1], dtype=torch.float32)
-        lse = q.new_empty(B, H, N, dtype=torch.float32)
-        empty = torch.zeros(B, H, N, dtype=torch.bool, device=q.device)
-        probs = q.new_empty(B, H, N, N, dtype=torch.float32) if want_probs else None
-        for q0 in range(0, N, chunk):
-            q1 = min(N, q0 + chunk)
-            qi = torch.arange(q0, q1, device=q.device)[:, None]  # (c, 1)
-            s = torch.matmul(q[:, :, q0:q1].float(), kf.transpose(-1, -2)) * scale  # (B, H, c, N)
-            keep = allowed(q0, q1)
-            if keep is not None:
-                s = s.masked_fill(~keep, float("-inf"))
-            paths = polyline_biases(log_alpha, log_beta, row[qi], col[qi], row[None, :], col[None, :])
-            global_pair = (ctx.special[qi] | ctx.special[None, :])  # (c, N): no decay to special tokens
-            biases = [torch.where(global_pair, 0.0, path).float() for path in paths]  # (B|1, H|1, c, N)
-            p = 0.5 * softmax_or_zero(s + biases[0]) + 0.5 * softmax_or_zero(s + biases[1])
-            row_lse = torch.logsumexp(s, dim=-1)
-            out[:, :, q0:q1] = torch.matmul(p, vf)
-            lse[:, :, q0:q1] = row_lse
-            empty[:, :, q0:q1] = torch.isneginf(row_lse)
-            if probs is not None:
-                probs[:, :, q0:q1] = p
-            for sink in sinks:
-                sink(q0, q1, p, s)
-        return AttnOut(out=out, lse=lse, empty=empty, probs=probs)
+
+        def normalise(s, q0, q1, kv_idx, sink):
+            qi = torch.arange(q0, q1, device=s.device)[:, None]  # (c, 1)
+            kj = kv_idx[None, :]  # (1, w)
+            paths = polyline_biases(log_alpha, log_beta, row[qi], col[qi], row[kj], col[kj])
+            global_pair = ctx.special[qi] | ctx.special[kj]  # (c, w): no decay to special tokens
+            biases = [torch.where(global_pair, 0.0, path).float() for path in paths]  # (B|1, H|1, c, w)
+            p = 0.5 * softmax_lse(s + biases[0], sink)[0] + 0.5 * softmax_lse(s + biases[1], sink)[0]
+            return p, s, softmax_lse(s, sink)[1]
+
+        return call.softmax(normalise=normalise)
 
 
 def cell_tokens(ctx: TokenContext) -> torch.Tensor:
@@ -343,11 +369,11 @@ class Relaxed(Variant):
     def flex_snippet(self, ctx_kind=None, **sizes):
         raise VariantError(f"{self.name} changes the softmax normaliser; it has no FlexAttention form")
 
-    def row_probs(self, s, allowed, q_idx, ctx):
-        """s: masked scores (B, H, c, Nk), −∞ where masked -> relaxed probabilities, 0 where masked."""
+    def row_probs(self, s, q_idx, kv_idx, ctx):
+        """s: masked scores (B, H, c, w), −∞ where masked -> relaxed probabilities, 0 where masked."""
         visible = ~torch.isneginf(s)
         uniform = visible / visible.sum(-1, keepdim=True).clamp(min=1)  # 1/n_i on the visible keys
-        return (1 - self.gamma) * softmax_or_zero(s) + self.gamma * uniform
+        return (1 - self.gamma) * softmax_lse(s)[0] + self.gamma * uniform
 
 
 @register
@@ -387,23 +413,13 @@ class HeadAblation(Variant):
             )
         return heads
 
-    def attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
-        from kernels.reference import AllowedRows, attention  # lazy: kernels.reference imports the variants package
+    def head_weight(self, ctx: TokenContext, heads: int) -> torch.Tensor:
+        weight = torch.ones(heads)
+        weight[self.ablated_heads(ctx.layer, heads)] = 0.0
+        return weight
 
-        H = q.shape[1]
-        head_on = torch.ones(1, H, 1, 1, device=q.device)
-        head_on[:, self.ablated_heads(ctx.layer, H)] = 0.0  # (1, H, 1, 1): 0 on ablated heads
-        zeroing_sinks = tuple(_zero_heads_in(sink, head_on) for sink in sinks)
-        res = attention(q, k, v, scale=scale, ctx=ctx, variant=Full(), model_mask=AllowedRows(allowed),
-                        want_probs=want_probs, sinks=zeroing_sinks, chunk=chunk)
-        res.out = res.out * head_on
-        if res.probs is not None:
-            res.probs = res.probs * head_on
-        return res
-
-
-def _zero_heads_in(sink, head_on: torch.Tensor):
-    return lambda q0, q1, p, s: sink(q0, q1, p * head_on, s)
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec:
+        return KernelSpec(zero_heads=tuple(self.ablated_heads(ctx.layer, ctx.n_heads)))
 
 
 _PAIR = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)")

@@ -2,16 +2,20 @@
 
 Each rule is a tiny pure function of FlexAttention-style index tensors, attention-gym style:
 1D rules take token positions (q_idx, kv_idx) — on a ViT these are token indices, special
-tokens included — and 2D rules take grid cells (r_q, c_q, r_kv, c_kv). A variant class binds
+tokens included — and 2D rules take grid cells (r_q, c_q, r_kv, c_kv). A rule is written once
+for torch, FlexAttention and the Triton kernels alike: only operators and `abs`, and `//` and `%`
+only on operands that are never negative (where torch floors and Triton truncates). A variant class binds
 the parameter values to its rule, keeps a ViT's special tokens global, and can write the very
 same rule as a FlexAttention snippet (kernels/flex.py). The causal mask of a causal model is
 ANDed by the attention path (kernels/reference.py, kernels/flex.py), not by the rules.
 
-`RuleVariant` (the shared machinery for rules) is also the base of the score modifiers.
+`RuleVariant` (the shared machinery for rules) is also the base of the score modifiers. A static
+mask's Triton form is its rule itself (`StaticMask.kernel_form`), so a new mask touches one file.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from kernels.context import TokenContext
+from kernels.kernel_form import MASK_RULE, MAX_INTS, KernelSpec
 from kernels.variants.base import FlexSource, Param, Variant, VariantError
 from kernels.variants.registry import register
 
@@ -33,13 +38,13 @@ CAUSAL = frozenset({"causal"})
 
 def sliding_window(q_idx, kv_idx, w, sinks):
     """|i−j| ≤ w, or j is one of the first `sinks` keys (StreamingLLM's attention sinks)."""
-    return ((q_idx - kv_idx).abs() <= w) | (kv_idx < sinks)
+    return (abs(q_idx - kv_idx) <= w) | (kv_idx < sinks)
 
 
 def strided(q_idx, kv_idx, stride):
     """|i−j| < l (the local band) or (i−j) mod l = 0 (every l-th key)."""
-    offset = q_idx - kv_idx
-    return (offset.abs() < stride) | (offset % stride == 0)
+    offset = abs(q_idx - kv_idx)
+    return (offset < stride) | (offset % stride == 0)
 
 
 def fixed(q_idx, kv_idx, block, summary):
@@ -49,22 +54,22 @@ def fixed(q_idx, kv_idx, block, summary):
 
 def dilated_window(q_idx, kv_idx, w, dilation):
     """Every d-th key within w·d positions: |i−j| ≤ w·d and (i−j) mod d = 0."""
-    offset = q_idx - kv_idx
-    return (offset.abs() <= w * dilation) & (offset % dilation == 0)
+    offset = abs(q_idx - kv_idx)
+    return (offset <= w * dilation) & (offset % dilation == 0)
 
 
 def window_2d(r_q, c_q, r_kv, c_kv, size, shift, rows, cols):
-    """Same size×size window of the grid. shift: Swin's cyclic shift — window ids are taken after
-    rolling the grid by −size//2 on both axes, so a window may wrap around the grid's edge."""
-    s = size // 2 if shift else 0
-    same_rows = (r_q - s) % rows // size == (r_kv - s) % rows // size
-    same_cols = (c_q - s) % cols // size == (c_kv - s) % cols // size
+    """Same size×size window of the grid. shift: Swin's cyclic shift in cells (size//2, or 0) — window
+    ids are taken after rolling the grid by −shift on both axes, so a window may wrap around the edge."""
+    up, left = rows - shift % rows, cols - shift % cols  # (r − shift) mod rows, with a non-negative operand
+    same_rows = (r_q + up) % rows // size == (r_kv + up) % rows // size
+    same_cols = (c_q + left) % cols // size == (c_kv + left) % cols // size
     return same_rows & same_cols
 
 
 def neighborhood_2d(r_q, c_q, r_kv, c_kv, k):
     """Chebyshev ball: max(|r_i−r_j|, |c_i−c_j|) ≤ k."""
-    return ((r_q - r_kv).abs() <= k) & ((c_q - c_kv).abs() <= k)
+    return (abs(r_q - r_kv) <= k) & (abs(c_q - c_kv) <= k)
 
 
 def star(q_idx, kv_idx, block, q_tokens, n):
@@ -167,6 +172,17 @@ class StaticMask(RuleVariant):
 
     def flex_source(self, ctx_kind: str) -> FlexSource:
         return FlexSource(functions=(*self.helpers, self.rule), mask=self.rule_source(ctx_kind))
+
+    def kernel_form(self, ctx: TokenContext) -> KernelSpec | None:
+        """The same rule in the Triton kernels, its integer parameters in the rule's own order. (The kernels
+        AND every rule with causality: a mask that widens it runs on the reference path.)"""
+        kwargs = self.rule_kwargs(self.resolved(ctx), Sizes.of(ctx))
+        names = list(inspect.signature(self.rule).parameters)[4 if self.on_grid else 2:]
+        if (self.widens_mask or self.per_head or self.helpers or len(names) > MAX_INTS
+                or any(type(kwargs[n]) is not int for n in names)):
+            return None
+        return KernelSpec(mask=MASK_RULE, rule=self.rule, rule_grid=self.on_grid, ints=tuple(kwargs[n] for n in names),
+                          uses_grid=self.on_grid)
 
 
 # ---------------------------------------------------------------- the variants
@@ -298,7 +314,8 @@ class Window2D(StaticMask):
     )
 
     def rule_kwargs(self, values, sizes):
-        return {"size": values["M"], "shift": values["shift"], "rows": sizes.rows, "cols": sizes.cols}
+        shift = values["M"] // 2 if values["shift"] else 0
+        return {"size": values["M"], "shift": shift, "rows": sizes.rows, "cols": sizes.cols}
 
 
 @register

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kernels.context import TokenContext
-from kernels.reference import AllowedRows, AttnOut, attention
+from kernels.core import AttnOut, softmax_lse
 from kernels.variants.base import Variant, VariantError
 from kernels.variants.baseline import Full
 
@@ -24,11 +24,15 @@ class HeadSubset(Variant):
         super().__init__()
         if not heads:
             raise VariantError("the head subset is empty; give at least one head or leave it unset for all")
+        if inner.widens_mask:  # the widening is of the model's own mask, which every head shares
+            raise VariantError(f"{inner.name} widens the model's mask for every head; it cannot be restricted to "
+                               "some heads (leave heads unset)")
         self.inner, self.heads = inner, tuple(sorted(set(heads)))
         self.name = inner.name
         self.applies_to = inner.applies_to
         self.needs_calibration = getattr(inner, "needs_calibration", False)
         self.mask_depends_on_layer = getattr(inner, "mask_depends_on_layer", False)
+        self.honours_native = inner.honours_native
         self.row_mask = self._row_mask if inner.row_mask is not None else None
         self.row_probs = self._row_probs if inner.row_probs is not None else None
         self.attend = self._attend if inner.attend is not None else None
@@ -64,26 +68,30 @@ class HeadSubset(Variant):
         sel = self._selected(ctx, ctx.special.device)
         return lambda s, b, h, q_idx, kv_idx: torch.where(sel[h], inner(s, b, h, q_idx, kv_idx), s)
 
-    def _row_mask(self, s, allowed, q_idx, ctx):
-        keep = self.inner.row_mask(s, allowed, q_idx, ctx)
-        before = torch.ones_like(s, dtype=torch.bool) if allowed is None else allowed.expand_as(s)
-        return torch.where(self._selected(ctx, s.device)[None, :, None, None], keep, before)
+    def head_weight(self, ctx, heads):
+        inner = self.inner.head_weight(ctx, heads)
+        if inner is None:
+            return None
+        return torch.where(self._selected(ctx, inner.device), inner, torch.ones_like(inner))
 
-    def _row_probs(self, s, allowed, q_idx, ctx):
-        p = self.inner.row_probs(s, allowed, q_idx, ctx)
-        return torch.where(self._selected(ctx, s.device)[None, :, None, None], p, torch.softmax(s, -1))
+    def _row_mask(self, s, q_idx, kv_idx, ctx):
+        keep = self.inner.row_mask(s, q_idx, kv_idx, ctx)
+        return keep | ~self._selected(ctx, s.device)[None, :, None, None]
 
-    def _attend(self, q, k, v, *, scale, ctx, allowed, want_probs, sinks, chunk):
-        sel = self._selected(ctx, q.device)[None, :, None]  # (1, H, 1)
-        on = sel[..., None].float()
+    def _row_probs(self, s, q_idx, kv_idx, ctx):
+        p = self.inner.row_probs(s, q_idx, kv_idx, ctx)
+        # the other heads keep the softmax; a learned sink is the last column of s here and of p there
+        return torch.where(self._selected(ctx, s.device)[None, :, None, None], p, softmax_lse(s)[0])
+
+    def _attend(self, call):
+        on = self._selected(call.ctx, call.q.device)[None, :, None, None].float()  # (1, H, 1, 1)
 
         def only(weight):
-            return tuple((lambda q0, q1, p, s, f=f: f(q0, q1, p * weight, s)) for f in sinks)
+            return tuple((lambda chunk, f=f: f(chunk.weighted(weight))) for f in call.sinks)
 
-        mine = self.inner.attend(q, k, v, scale=scale, ctx=ctx, allowed=allowed, want_probs=want_probs,
-                                 sinks=only(on), chunk=chunk)
-        base = attention(q, k, v, scale=scale, ctx=ctx, variant=Full(), model_mask=AllowedRows(allowed),
-                         want_probs=want_probs, sinks=only(1.0 - on), chunk=chunk)
+        mine = self.inner.attend(call.with_(variant=self.inner, sinks=only(on)))
+        base = call.run(Full(), sinks=only(1.0 - on))
+        sel = on[..., 0].bool()  # (1, H, 1)
 
         def pick(a, b):  # per head: this variant's result on the selected heads, full elsewhere
             return None if a is None or b is None else torch.where(sel[..., None] if a.dim() == 4 else sel, a, b)

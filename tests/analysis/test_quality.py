@@ -21,7 +21,7 @@ from analysis.quality import (
     sweep,
     text_batches,
 )
-from kernels.variants import VariantError
+from kernels.variants import VariantError, parse_variant
 
 LONG = " ".join([TEXT] * 3)
 
@@ -97,6 +97,54 @@ def test_per_head_kl_equals_compare_of_two_traces(llama):
     want = compare(trace(lm, text=LONG, variant="full"), trace(lm, text=LONG, variant=spec))
     np.testing.assert_allclose(result.heads[spec]["kl"], want.kl, rtol=1e-5)
     assert result.rows[0]["attn_mass_lost"] == pytest.approx(want.mass_lost.mean(), rel=1e-5)
+
+
+def count_forwards(monkeypatch):
+    import analysis.quality as quality
+
+    calls = []
+    real = quality.model_output
+    monkeypatch.setattr(quality, "model_output", lambda lm, batch: calls.append(1) or real(lm, batch))
+    return calls
+
+
+def test_the_full_point_is_the_reference_run(llama, monkeypatch):
+    """`full` on every layer is what the reference run computed: it is not run a second time."""
+    _, lm = llama
+    calls = count_forwards(monkeypatch)
+    res = by_variant(sweep(lm, ["full", "sliding_window:w=2,sinks=0"], batches=text_batches(lm, LONG)))
+    assert len(calls) == 2  # the reference and the window
+    assert res["full"]["sparsity"] == 1.0 and res["full"]["attn_kl"] == 0.0 and res["full"]["output_kl"] == 0.0
+    calls.clear()
+    part = by_variant(sweep(lm, ["full"], batches=text_batches(lm, LONG), layers=[0]))  # a layer subset: runs
+    assert len(calls) == 2 and part["full"]["attn_kl"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_sweep_over_the_budget_is_refused_before_it_runs(llama, monkeypatch):
+    from models.loaded import InputError
+
+    _, lm = llama
+    calls = count_forwards(monkeypatch)
+    monkeypatch.setenv("ATTNSCOPE_MEMORY_BUDGET_GB", "0.000001")
+    with pytest.raises(InputError, match="this sweep needs about .* GB but the memory budget is"):
+        sweep(lm, ["sliding_window:w=2,sinks=0"], batches=text_batches(lm, LONG))
+    assert not calls
+
+
+def test_a_sweep_bounds_its_kl_rows_to_fit_the_budget(llama, monkeypatch):
+    import analysis.quality as quality
+    from models.memory import GB
+
+    _, lm = llama
+    batches = text_batches(lm, LONG)
+    points = [quality._Point("w", parse_variant("sliding_window:w=2,sinks=0"), None)]
+    need = {rows: quality.sweep_bytes(lm, batches, points, attention=True, kl_rows=rows) for rows in (16, 32)}
+    assert need[32] > need[16]
+    monkeypatch.setenv("ATTNSCOPE_MEMORY_BUDGET_GB", repr((need[16] + need[32]) / 2 / GB))
+    said = []
+    row = sweep(lm, ["sliding_window:w=2,sinks=0"], batches=batches, kl_rows=64, progress=said.append).rows[0]
+    assert "attention KL on 16 rows per input instead of 64" in said[0]
+    assert row["attn_kl"] > 0 and row["sparsity"] < 1
 
 
 def brute_force_sparsity(ctx, w: int, sinks: int) -> float:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from sink_util import wide_sink
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels.context import TokenContext
@@ -397,7 +398,7 @@ def test_sinks_get_implied_probs_and_model_scores(spec, kind):
     ctx = ctx_of(kind)
     q, k, v = rand_qkv(N=ctx.n, seed=12)
     seen = []
-    res = run(spec, q, k, v, ctx, chunk=4, sinks=(lambda q0, q1, p, s: seen.append((q0, q1, p.clone(), s)),))
+    res = run(spec, q, k, v, ctx, chunk=4, sinks=(wide_sink(lambda q0, q1, p, s: seen.append((q0, q1, p.clone(), s))),))
     assert [a for a, _, _, _ in seen] == list(range(0, ctx.n, 4))
     assert torch.equal(torch.cat([p for _, _, p, _ in seen], dim=2), res.probs)
     if not spec.startswith("delta"):  # (delta hands on its inner variant's scores)

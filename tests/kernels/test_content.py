@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import optimize, stats
+from sink_util import wide_sink
 
 from kernels.context import TokenContext
 from kernels.reference import attention
@@ -532,9 +533,25 @@ def test_sinks_get_every_chunk_in_order(spec):
     ctx = TokenContext.vit((3, 4), n_prefix=1, calibration={0: theta_stats()})
     q, k, v = rand_qkv(N=N, seed=16)
     seen = []
-    res = run(spec, q, k, v, ctx, chunk=4, sinks=(lambda q0, q1, p, s: seen.append((q0, q1, p.clone(), s)),))
+    res = run(spec, q, k, v, ctx, chunk=4, sinks=(wide_sink(lambda q0, q1, p, s: seen.append((q0, q1, p.clone(), s))),))
     assert [(a, b) for a, b, _, _ in seen] == [(0, 4), (4, 8), (8, 12), (12, 13)]
     assert torch.equal(torch.cat([p for _, _, p, _ in seen], dim=2), res.probs)
     if spec != "top_theta":  # (top_theta compensates: pruned keys keep a share of the mass)
         for _, _, p, s in seen:  # the scores show what was dropped
             assert not p[torch.isneginf(s)].any()
+
+
+@pytest.mark.parametrize("offset", [0.0, 2.0**24, 3e7, 1e9])
+def test_sparsemax_with_huge_scores(offset):
+    """Issue 15 item 9: scores beyond 2^24 in float32 once gave `index -1 is out of bounds`.
+    Sparsemax is shift invariant, so a huge common offset changes nothing."""
+    from kernels.variants.content import sparsemax
+
+    x = torch.tensor([[3.0, 1.0, 2.5, -1.0, float("-inf")]]) + offset  # float32: the offset rounds the scores
+    p = sparsemax(x)
+    torch.testing.assert_close(p.double(), sparsemax(x.double() - x.double().amax()), atol=1e-6, rtol=0)
+    assert p.sum().item() == pytest.approx(1.0) and p[0, 4] == 0
+    s = torch.full((1, 1, 2, 6), offset) + torch.randn(1, 1, 2, 6)
+    ctx = TokenContext.sequence(6, False)
+    probs = parse_variant("entmax:alpha=2").row_probs(s, torch.arange(2), torch.arange(6), ctx)
+    assert torch.isfinite(probs).all() and torch.allclose(probs.sum(-1), torch.ones(1, 1, 2))

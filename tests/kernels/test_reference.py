@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from sink_util import wide_sink
 
 from kernels.context import TokenContext
 from kernels.dispatch import attend
@@ -97,7 +98,7 @@ def test_sinks_see_every_chunk_once():
         scale=0.5,
         ctx=TokenContext.sequence(10, causal=True),
         variant=FULL,
-        sinks=(lambda q0, q1, p, s: seen.append((q0, q1, p.shape, bool(torch.isneginf(s).any()))),),
+        sinks=(wide_sink(lambda q0, q1, p, s: seen.append((q0, q1, p.shape, bool(torch.isneginf(s).any())))),),
         chunk=4,
     )
     assert [(a, b) for a, b, *_ in seen] == [(0, 4), (4, 8), (8, 10)]
@@ -133,25 +134,28 @@ def test_sdpa_fast_path_zeroes_empty_rows():
 
 @pytest.mark.parametrize("spec", ["sliding_window:w=3,sinks=2", "dilated_window:w=2,d=3", "star:b=8,q_tokens=4"])
 def test_key_skipping_changes_nothing(spec, monkeypatch):
-    """Chunks that gather only their used keys give exactly what whole rows give."""
-    import kernels.reference as ref
+    """Chunks that compute only their kept key blocks give exactly what whole rows give."""
+    import kernels.blocks as blocks
     from kernels.maps import MapsSink
 
     q, k, v = rand_qkv(B=1, H=2, N=40)
     ctx = TokenContext.sequence(40, causal=True, n_heads=2)
     variant = parse_variant(spec)
+    monkeypatch.setattr(blocks, "KEY_BLOCK", 4)
 
     def run():
+        blocks.PLANS.clear()
         sink = MapsSink(1, 2, 40, 40, ctx, pooled=8, device="cpu")
         res = attention(q, k, v, scale=0.3, ctx=ctx, variant=variant, want_probs=True, sinks=(sink,), chunk=4)
         return res, sink
 
-    used = []
-    real = ref._used_keys
-    monkeypatch.setattr(ref, "_used_keys", lambda keep, nk: used.append(real(keep, nk)) or used[-1])
+    kept = []
+    real = blocks.chunk_plan
+    monkeypatch.setattr(blocks, "chunk_plan", lambda *a, **kw: kept.append(real(*a, **kw)) or kept[-1])
+    monkeypatch.setattr("kernels.reference.chunk_plan", blocks.chunk_plan)
     skipped, skipped_maps = run()
-    assert any(c is not None for c in used)  # the sparse path really ran
-    monkeypatch.setattr(ref, "_used_keys", lambda keep, nk: None)
+    assert any(p.kept < 1 for p in kept)  # the sparse path really ran
+    monkeypatch.setattr(blocks, "GATHER_BELOW", -1.0)  # every key block computed, the empty ones masked
     dense, dense_maps = run()
     torch.testing.assert_close(skipped.out, dense.out, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(skipped.probs, dense.probs, atol=1e-6, rtol=0)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sink_util import wide_sink
 
 from kernels.context import TokenContext
 from kernels.reference import attention, index_grid
@@ -216,7 +217,7 @@ def test_polyline_path_attention_matches_naive(grid, n_prefix, edge_aware):
     probs, out = naive_polyline(q, k, v, 0.4, ctx, la, lb)
     seen = []
     res = attention(q, k, v, scale=0.4, ctx=ctx, variant=variant, want_probs=True, chunk=5,
-                    sinks=(lambda q0, q1, p, s: seen.append((q0, q1, p.clone())),))
+                    sinks=(wide_sink(lambda q0, q1, p, s: seen.append((q0, q1, p.clone()))),))
     torch.testing.assert_close(res.probs.double(), probs, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(res.out.double(), out, atol=1e-5, rtol=1e-5)
     assert [(a, b) for a, b, _ in seen] == [(q0, min(ctx.n, q0 + 5)) for q0 in range(0, ctx.n, 5)]
@@ -320,7 +321,7 @@ def test_head_ablation_zeroes_chosen_heads_only():
     variant = parse_variant("head_ablation:heads=[(2,1),(2,3),(0,0)]")
     seen = []
     res = attention(q, k, v, scale=0.5, ctx=ctx, variant=variant, want_probs=True, chunk=3,
-                    sinks=(lambda q0, q1, p, s: seen.append(p.clone()),))
+                    sinks=(wide_sink(lambda q0, q1, p, s: seen.append(p.clone())),))
     full = attention(q, k, v, scale=0.5, ctx=ctx, variant=parse_variant("full"), want_probs=True)
     ablated = torch.tensor([False, True, False, True])
     assert (res.out[:, ablated] == 0).all() and (res.probs[:, ablated] == 0).all()

@@ -24,6 +24,7 @@ from kernels.context import TokenContext  # noqa: E402
 from kernels.maps import MapsSink, exact_tile, token_distance  # noqa: E402
 from kernels.reference import attention  # noqa: E402
 from kernels.variants import VariantError, parse_variant  # noqa: E402
+from kernels.variants.static_masks import dilated_window  # noqa: E402
 
 
 def _kernels():
@@ -91,13 +92,13 @@ def assert_same(res, ref, atol=2e-5):
 
 SEQ_VARIANTS = [
     "full", "sliding_window:w=5,sinks=2", "strided:l=6", "fixed:l=8,c=2", "dilated_window:w=3,d=3",
-    "decay_1d", "block_topk:b=8,blocks=2",
+    "decay_1d", "block_topk:b=8,blocks=2", "alibi", "softcap:c=2", "document:lengths=9;14",
 ]
 VIT_VARIANTS = [
     "full", "window_2d:M=3", "window_2d:M=4,shift=true", "neighborhood_2d:k=1", "manhattan_decay", "gaussian_2d",
     "gaussian_2d:sigmas=1;3,weights=1;2", "polyline_path:alpha=0.8,beta=0.6", "polyline_path:edge_aware=true",
     "sliding_window:w=4", "fixed", "decay_1d", "block_topk:b=8,blocks=2", "routing_2d:S=3,k=2",
-    "head_ablation:heads=0.1",
+    "head_ablation:heads=0.1", "alibi", "softcap:c=1.5", "document:lengths=10",
 ]
 
 
@@ -291,7 +292,11 @@ def test_kernel_spec_covers_the_families_and_refuses_the_rest():
         assert kernel_spec(parse_variant(name), seq) is None, name
     assert kernel_spec(parse_variant("window_2d"), seq) is None  # a ViT-only variant on a sequence
     spec = kernel_spec(parse_variant("dilated_window:w=3,d=2"), seq)
-    assert spec.ints[:2] == (6, 2) and spec.causal
+    assert spec.ints == (3, 2) and spec.causal and spec.rule is dilated_window  # the variant's own rule
+    for name in ["prefix_lm", "document:lengths=4;5,inner=topk", "topk"]:  # widens / content inside / content
+        assert kernel_spec(parse_variant(name), seq) is None, name
+    for name in ["alibi", "softcap", "document:lengths=4;5", "prefix_lm:n=0"]:
+        assert (kernel_spec(parse_variant(name), seq) is not None) == (name != "prefix_lm:n=0"), name
 
 
 # ------------------------------------------------------------------ the maps pass
