@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from kernels.context import TokenContext
+from models import families, patching, pattern
 from models.inject import IMPL, register
 from models.loaded import Encoded, InputError, LoadedModel, ModelError, resize_note, to_display
 
 VISION_TYPES = {"vit", "deit", "dinov2", "dinov2_with_registers", "vit_msn", "vit_mae", "beit", "data2vec-vision"}
 
 
-def number_attention_modules(model: torch.nn.Module) -> int:
-    """Give every self-attention module its layer index (ViT modules have no layer_idx)."""
-    count = 0
-    for module in model.modules():
-        if (
-            hasattr(module, "is_causal")
-            and hasattr(module, "scaling")
-            and not getattr(module, "is_cross_attention", False)
-        ):
-            module._attnscope_layer = count
-            count += 1
-    return count
+def uses_attention_interface(module: torch.nn.Module) -> bool:
+    """Whether the module's own forward picks its attention function from transformers' AttentionInterface."""
+    code = getattr(inspect.unwrap(type(module).forward), "__code__", None)
+    return code is not None and "ALL_ATTENTION_FUNCTIONS" in code.co_names
+
+
+def self_attention_modules(model: torch.nn.Module, family=None) -> list[torch.nn.Module]:
+    """The modules attnscope runs, in model order: a hooked family's attention class, else every self-attention
+    module that calls AttentionInterface (not the `is_causal` + `scaling` attributes: ModernBERT has no `scaling`)."""
+    if family is not None:
+        return [m for m in model.modules() if type(m).__name__ == family.ATTENTION]
+    return [
+        m for m in model.modules()
+        if uses_attention_interface(m) and not getattr(m, "is_cross_attention", False)
+        and "Cross" not in type(m).__name__
+    ]
 
 
 def kind_of(config, model=None) -> str:
@@ -49,17 +56,43 @@ def model_class(config, kind: str):
     return tf.AutoModel
 
 
+def check_config(config) -> None:
+    """Refuse, from the config alone (before any weights load), what attnscope does not trace."""
+    why = REFUSED.get(config.model_type)
+    if getattr(config, "is_encoder_decoder", False):
+        why = "encoder–decoder models (cross-attention) are not traced"
+    family = families.hf_family(config.model_type)
+    if family is not None and hasattr(family, "refuse"):
+        why = family.refuse(config)
+    if why:
+        raise ModelError(families.refusal(config.model_type, why))
+
+
+# Families whose attention goes through AttentionInterface but whose calls are not one attention over
+# the input's tokens per layer.
+REFUSED = {
+    "swin": "its attention runs on window batches; trace Swin with timm, which attnscope hooks on the patch grid",
+    "albert": "its layers share one attention module, run once per layer",
+    "vit_mae": "it drops a random 75 % of the patches before the encoder",
+}
+
+
 def wrap(model, model_id: str, source: str, *, tokenizer=None, image_processor=None, revision=None) -> LoadedModel:
-    """Switch a loaded transformers model to our attention and describe it."""
+    """Switch a loaded transformers model to our attention and describe it; `patching.undo(model)` reverts it."""
     register()
-    model.set_attn_implementation(IMPL)
-    model.eval()
     config = model.config
-    cfg = getattr(config, "text_config", None) or config
-    kind = kind_of(config, model)
-    n_layers = number_attention_modules(model)
-    if n_layers == 0:
+    check_config(config)
+    family = families.hf_family(config.model_type)
+    modules = self_attention_modules(model, family)
+    families.check_all_hooked(model, modules, config.model_type)
+    if not modules:
         raise ModelError(f"{model_id} has no attention layers attnscope can hook; pick a transformer model")
+    kind = kind_of(config, model)
+    # a hooked family builds its own eager mask and our forward computes the attention
+    patching.set_attn_implementation(model, IMPL if family is None else "eager")
+    families.install(model, family, modules)
+    patching.eval_mode(model)
+    cfg = getattr(config, "text_config", None) or config
     labels = None
     if kind == "vit" and getattr(config, "id2label", None) and hasattr(model, "classifier"):
         labels = [config.id2label[i] for i in range(len(config.id2label))]
@@ -72,14 +105,39 @@ def wrap(model, model_id: str, source: str, *, tokenizer=None, image_processor=N
         backend="hf",
         kind=kind,
         module=model,
-        n_layers=n_layers,
+        n_layers=len(modules),
         n_heads=cfg.num_attention_heads,
         revision=revision,
         labels=labels,
         max_tokens=getattr(cfg, "max_position_embeddings", None),
         output_kind=output_kind,
         adapter=HFAdapter(tokenizer, image_processor),
+        native_pattern=(family.describe if family is not None else hf_pattern)(cfg, modules, kind),
     )
+
+
+def hf_pattern(cfg, modules: list[torch.nn.Module], kind: str) -> list[str]:
+    """Per attention module, what the model itself does, from the config it builds its masks from."""
+    types_ = getattr(cfg, "layer_types", None)
+    default = "sliding_attention" if getattr(cfg, "sliding_window", None) else "full_attention"
+    out = []
+    for i, m in enumerate(modules):
+        idx = getattr(m, "layer_idx", None)
+        layer_type = types_[i if idx is None else idx] if types_ else default
+        if layer_type == "sliding_attention":
+            phrase = pattern.sliding(cfg.sliding_window, causal=kind == "causal")
+        elif layer_type == "chunked_attention":
+            phrase = pattern.chunked(cfg.attention_chunk_size)
+        else:
+            phrase = pattern.GLOBAL
+        out.append(pattern.join(
+            phrase,
+            getattr(cfg, "attn_logit_softcapping", None) and pattern.softcap(cfg.attn_logit_softcapping),
+            isinstance(getattr(m, "sinks", None), torch.Tensor) and pattern.LEARNED_SINKS,
+            (getattr(cfg, "use_relative_position_bias", False) or getattr(cfg, "use_shared_relative_position_bias",
+                                                                          False)) and pattern.RELATIVE_BIAS,
+        ))
+    return out
 
 
 class HFAdapter:
