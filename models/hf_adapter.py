@@ -86,10 +86,12 @@ def wrap(model, model_id: str, source: str, *, tokenizer=None, image_processor=N
     modules = self_attention_modules(model, family)
     families.check_all_hooked(model, modules, config.model_type)
     if not modules:
-        raise ModelError(f"{model_id} has no attention layers attnscope can hook; pick a transformer model")
+        raise ModelError(families.refusal(config.model_type, "it has no attention layers attnscope can hook; pick a "
+                                                             "transformer model"))
     kind = kind_of(config, model)
-    # a hooked family builds its own eager mask and our forward computes the attention
-    patching.set_attn_implementation(model, IMPL if family is None else "eager")
+    # our mask interface hands every layer a lazy mask; a family whose model code reads its mask as a tensor
+    # (MASK = "eager") gets transformers' eager mask
+    patching.set_attn_implementation(model, getattr(family, "MASK", IMPL))
     families.install(model, family, modules)
     patching.eval_mode(model)
     cfg = getattr(config, "text_config", None) or config
@@ -167,7 +169,9 @@ class HFAdapter:
         config = lm.module.config
         patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
         grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
-        n_prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0) + int(config.model_type == "deit")
+        has_cls = any(getattr(m, name, None) is not None for m in lm.module.modules()
+                      for name in ("cls_token", "class_embedding"))  # SigLIP and I-JEPA have none
+        n_prefix = int(has_cls) + int(getattr(config, "num_register_tokens", 0) or 0) + int(config.model_type == "deit")
         ctx = TokenContext.vit(grid, n_prefix=n_prefix, n_layers=lm.n_layers)
         tokens = _vit_tokens(n_prefix, grid)
         return Encoded(

@@ -168,6 +168,10 @@ def run_attention(module, query, key, value, model_mask, scale: float, native: N
         return res.out.to(query.dtype), None
     p.calls += 1
     ctx = p.ctx.with_layer(layer, query.shape[1])
+    if query.shape[2] != ctx.n or key.shape[2] != ctx.n:  # windows as batches, dropped tokens...
+        raise ModelError(f"attention layer {layer} ({type(module).__name__}) attends {query.shape[2]} queries to "
+                         f"{key.shape[2]} keys, not the input's {ctx.n} tokens; attnscope cannot draw it on the input "
+                         "(see the model family table in the README)")
     rec = p.recorder
     variant = p.variant_for(layer)
     res = attend(

@@ -12,6 +12,7 @@ A family module defines:
     describe(...) -> list[str]  per module, models.pattern phrases
                (transformers: describe(config, modules, kind); timm: describe(model, modules))
     refuse(config) -> str | None  (optional)  a configuration it does not reproduce, in words
+    MASK       (optional, transformers) the mask implementation its model code needs, when not attnscope's lazy one
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ def install(model, family: ModuleType | None, modules: list) -> None:
 
 
 def check_all_hooked(model, hooked: list, family: str) -> None:
-    """Refuse a model with an attention module attnscope would not see (cross-attention, its own attention code)."""
+    """Refuse a model with an attention layer attnscope would not see (cross-attention, its own attention code).
+
+    An attention-pooling head (SigLIP's) is not a layer over the tokens: it runs as the model's own code."""
     inside = {id(x) for m in hooked for x in m.modules()}
+    inside |= {id(x) for m in model.modules() if "Pool" in type(m).__name__ for x in m.modules()}
     for name, module in model.named_modules():
         if "Attention" in type(module).__name__ and id(module) not in inside \
                 and not any(id(x) in inside for x in module.modules()):

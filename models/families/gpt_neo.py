@@ -8,6 +8,7 @@ from models import pattern
 from models.inject import run_attention
 
 ATTENTION = "GPTNeoSelfAttention"
+MASK = "eager"  # combined with each module's own (max_positions²) mask buffer
 
 
 def forward(self, hidden_states, attention_mask=None, layer_past=None, use_cache=False, output_attentions=False,

@@ -7,6 +7,7 @@ from models import pattern
 from models.inject import run_attention
 
 ATTENTION = "MptAttention"
+MASK = "eager"  # MptModel turns its mask into a tensor (`.to(torch.bool)`) before the layers see it
 
 
 def forward(self, hidden_states, position_bias, cache=None, attention_mask=None, **kwargs):

@@ -186,3 +186,14 @@ def test_swin_own_mask_on_the_patch_grid():
     assert plain.sum(1).tolist() == [16] * n  # 16 windows of 4×4 patches
     assert (shifted.sum(1) <= 16).all() and (shifted.sum(1) < 16).any() and (plain != shifted).any()
     assert lm.native_mask(2, n).sum(1).tolist() == [64] * n  # 4×4 cells of 2×2 patches
+
+
+def test_a_layer_that_does_not_attend_over_the_input_tokens_is_refused():
+    """Windows run as batches or dropped patches cannot be drawn on the input: one line, never a wrong map."""
+    from kernels.context import TokenContext
+    from models.inject import FULL, CallPlan, plan, run_attention
+
+    q = torch.randn(4, 2, 3, 8)  # e.g. 4 windows of 3 tokens, for an input of 12 tokens
+    with plan(CallPlan(FULL, TokenContext.vit((3, 4), n_prefix=0))), pytest.raises(ModelError) as err:
+        run_attention(torch.nn.Linear(1, 1), q, q, q, None, 0.35)
+    assert "attends 3 queries to 3 keys, not the input's 12 tokens" in user_message(err.value)

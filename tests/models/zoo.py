@@ -111,6 +111,7 @@ ZOO = [
     # vision transformers (HF)
     Entry("hf-vision-vit", _hf("vit", "AutoModelForImageClassification", small=VISION)),
     Entry("hf-vision-dinov2", _hf("dinov2", "AutoModel", small=VISION, mlp_ratio=1)),
+    Entry("hf-vision-siglip", _hf("siglip_vision_model", "AutoModel", small=VISION)),  # no CLS token
     Entry("hf-vision-beit", _hf("beit", "AutoModelForImageClassification", small=VISION,
                                 use_relative_position_bias=True), needs_native=True),
 ]
