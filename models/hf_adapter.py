@@ -56,18 +56,6 @@ def model_class(config, kind: str):
     return tf.AutoModel
 
 
-def check_config(config) -> None:
-    """Refuse, from the config alone (before any weights load), what attnscope does not trace."""
-    why = REFUSED.get(config.model_type)
-    if getattr(config, "is_encoder_decoder", False):
-        why = "encoder–decoder models (cross-attention) are not traced"
-    family = families.hf_family(config.model_type)
-    if family is not None and hasattr(family, "refuse"):
-        why = family.refuse(config)
-    if why:
-        raise ModelError(families.refusal(config.model_type, why))
-
-
 # Families whose attention goes through AttentionInterface but whose calls are not one attention over
 # the input's tokens per layer.
 REFUSED = {
@@ -75,6 +63,18 @@ REFUSED = {
     "albert": "its layers share one attention module, run once per layer",
     "vit_mae": "it drops a random 75 % of the patches before the encoder",
 }
+
+
+def check_config(config) -> None:
+    """Refuse, from the config alone (before any weights load), what attnscope does not trace."""
+    family = families.hf_family(config.model_type)
+    why = (
+        REFUSED.get(config.model_type)
+        or (getattr(config, "is_encoder_decoder", False) and "encoder–decoder models (cross-attention) are not traced")
+        or (hasattr(family, "refuse") and family.refuse(config))
+    )
+    if why:
+        raise ModelError(families.refusal(config.model_type, why))
 
 
 def wrap(model, model_id: str, source: str, *, tokenizer=None, image_processor=None, revision=None) -> LoadedModel:
