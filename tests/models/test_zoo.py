@@ -24,12 +24,26 @@ PROB_ATOL = 1e-5
 
 @pytest.fixture
 def engine(monkeypatch):
-    """Until kernels.dispatch.attend takes `native`, calls that carry one go to a float64 brute-force definition."""
+    """Until kernels.dispatch.attend takes `native`, calls that carry one go to a float64 brute-force definition.
+
+    Yields the set of native modifiers the model's calls carried (softcap, key_bias, pair_bias, sink_logits)."""
     from kernels import dispatch
     from models import inject
 
+    attend = inject.attend
     if "native" not in inspect.signature(dispatch.attend).parameters:
-        monkeypatch.setattr(inject, "attend", attend_with_reference(dispatch.attend))
+        attend = attend_with_reference(dispatch.attend)
+    seen = set()
+
+    def spy(*args, native=None, **kw):
+        if native is not None:
+            seen.update(f for f in ("softcap", "key_bias", "pair_bias", "sink_logits")
+                        if getattr(native, f) is not None)
+            kw["native"] = native
+        return attend(*args, **kw)
+
+    monkeypatch.setattr(inject, "attend", spy)
+    return seen
 
 
 @pytest.mark.parametrize("entry", ZOO, ids=[e.name for e in ZOO])
@@ -38,6 +52,7 @@ def test_family_matches_stock(entry, tokenizer, engine):
     lm = wrap(entry, model, tokenizer)
     inp = {"image": sample_image()} if entry.image else {"text": TEXT}
     tr = trace(lm, **inp)
+    assert bool(engine) == entry.needs_native, engine  # the zoo's list of what needs the engine's `native`
     ref_out, ref_probs = stock(lm, model, encode(lm, **inp))
     err = np.abs(tr.logits - ref_out).max() / np.abs(ref_out).max()
     assert err <= REL, f"logits: relative error {err:.2e}"

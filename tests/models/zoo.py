@@ -7,7 +7,7 @@ minilm tokenizer; images are 4×4 patches), so each model's own mask bites.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -22,7 +22,6 @@ class Entry:
     build: object  # () -> the stock model, eager, eval
     backend: str = "hf"  # hf | timm
     needs_native: bool = False  # softcap, ALiBi, relative position bias or learned sinks: the engine's `native`
-    marks: tuple = field(default_factory=tuple)
 
     @property
     def image(self) -> bool:
@@ -40,7 +39,7 @@ def _hf(model_type: str, auto: str = "AutoModelForCausalLM", small: dict = SMALL
 
         cfg = tf.AutoConfig.for_model(model_type, **{**small, **kw})
         torch.manual_seed(0)
-        return getattr(tf, auto).from_config(cfg, attn_implementation="eager").eval()
+        return _trained_look(getattr(tf, auto).from_config(cfg, attn_implementation="eager").eval())
 
     return build
 
@@ -51,9 +50,19 @@ def _hf_class(cls_name: str, config_name: str, small: dict = SMALL, **kw):
 
         cfg = getattr(tf, config_name)(**{**small, **kw})
         torch.manual_seed(0)
-        return getattr(tf, cls_name)._from_config(cfg, attn_implementation="eager").eval()
+        return _trained_look(getattr(tf, cls_name)._from_config(cfg, attn_implementation="eager").eval())
 
     return build
+
+
+def _trained_look(model):
+    """Position biases and sink logits start at zero in a fresh model (BEiT's table would add nothing):
+    give them values, as trained weights have, so the zoo checks they are honoured."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("relative_position_bias_table", "sinks")):
+                p.normal_(0.0, 1.0)
+    return model
 
 
 ENCODER = dict(**IDS, cls_token_id=101, sep_token_id=102, vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
@@ -122,7 +131,7 @@ def _timm(name: str, **kw):
         import timm
 
         torch.manual_seed(0)
-        return timm.create_model(name, pretrained=False, num_classes=5, **kw).eval()
+        return _trained_look(timm.create_model(name, pretrained=False, num_classes=5, **kw).eval())
 
     return build
 
