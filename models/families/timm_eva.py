@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models import pattern
-from models.inject import run_attention
+from models.families.timm_vit import attend_and_project, describe  # noqa: F401  (describe: every layer global)
 from models.loaded import ModelError
 
 ATTENTION = "timm.models.eva.EvaAttention"
@@ -32,12 +31,4 @@ def forward(self, x, rope=None, attn_mask=None, is_causal=False):
         npt, half = self.num_prefix_tokens, getattr(self, "rotate_half", False)
         q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], dim=2).type_as(v)
         k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2).type_as(v)
-    out, _ = run_attention(self, q, k, v, attn_mask, self.scale)
-    x = self.norm(out.transpose(1, 2).reshape(B, N, -1))
-    if gate is not None:
-        x = x * gate
-    return self.proj_drop(self.proj(x))
-
-
-def describe(model, modules) -> list[str]:
-    return [pattern.GLOBAL] * len(modules)
+    return attend_and_project(self, q, k, v, attn_mask, gate)

@@ -62,8 +62,8 @@ def _attn(self, x):
     q, k, v = (t[:, :, cell] for t in (q, k, v))
     native = NativeAttention(pair_bias=bias[:, cell][:, :, cell][None].float())
     out, _ = run_attention(attn, q, k, v, DenseMask(keep[cell][:, cell][None, None]), attn.scale, native)
-    first = torch.empty(H * W, dtype=torch.long)
-    first[cell.flip(0)] = torch.arange(n - 1, -1, -1)  # one patch per cell: the outputs of its copies are equal
+    # one patch per cell, its top-left one: the outputs of a cell's copies are equal
+    first = (torch.arange(H)[:, None] * f * W * f + torch.arange(W)[None, :] * f).reshape(-1)
     out = out[:, :, first].transpose(1, 2).reshape(B, H * W, -1)
     return attn.proj_drop(attn.proj(out)).view(B, H, W, C)
 
