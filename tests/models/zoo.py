@@ -1,6 +1,6 @@
 """The family zoo: one tiny random-config model per family, and how to get its stock outputs.
 
-Every window, chunk and local span is shorter than the zoo's inputs (TEXT is 18 tokens with the
+Every window, chunk and local span is shorter than the zoo's inputs (TEXT is 16 tokens with the
 minilm tokenizer; images are 4×4 patches), so each model's own mask bites.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 VOCAB = 30522  # the minilm WordPiece tokenizer the text models share
-WINDOW = 4  # sliding windows and local spans, < the 18 tokens of tiny.TEXT
+WINDOW = 4  # sliding windows and local spans, < the 16 tokens of tiny.TEXT
 CHUNK = 6
 
 
