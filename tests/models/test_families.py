@@ -11,6 +11,7 @@ from zoo import by_name, wrap
 
 from app.cli import main
 from kernels.errors import user_message
+from kernels.native import PLAIN
 from models import patching
 from models.inject import ModelMask, split_dense_mask
 from models.loaded import ModelError
@@ -52,7 +53,7 @@ def test_a_bias_added_to_the_mask_becomes_a_pair_bias():
     padding = torch.tensor([[True] * 4 + [False]])
     mask = ModelMask(1, n, n, 0, 0, bidirectional_mask_function, padding)
     bias = torch.randn(1, heads, n, n)
-    keep, native = split_dense_mask(bias + mask, __import__("kernels.native").native.PLAIN, heads)
+    keep, native = split_dense_mask(bias + mask, PLAIN, heads)
     np.testing.assert_array_equal(keep.rows(0, n)[0, 0, :, -1].numpy(), False)
     assert keep.rows(0, n)[0, 0, :, :4].all()
     np.testing.assert_allclose(native.pair_bias[..., :4], bias[..., :4])
@@ -86,9 +87,8 @@ def test_variant_on_top_never_widens_the_model_window(tokenizer):
 @pytest.mark.parametrize("build,needle", [
     (lambda: _tiny("DebertaV2Model", "DebertaV2Config"), "'deberta-v2' is not supported: its attention module"),
     (lambda: _tiny("FalconForCausalLM", "FalconConfig", alibi=True), "'falcon' is not supported: Falcon with ALiBi"),
-    (lambda: __import__("transformers").SwinModel(__import__("transformers").SwinConfig(
-        image_size=32, patch_size=4, embed_dim=16, depths=[1], num_heads=[2], window_size=4)),
-     "'swin' is not supported: its attention runs on window batches"),
+    (lambda: _tiny("SwinModel", "SwinConfig", base={}, image_size=32, patch_size=4, embed_dim=16, depths=[1],
+                   num_heads=[2], window_size=4), "'swin' is not supported: its attention runs on window batches"),
     (lambda: _tiny("T5Model", "T5Config", d_model=16, d_ff=16, num_layers=1, num_heads=2), "encoder–decoder"),
 ])
 def test_refused_family_says_so_in_one_line(build, needle):
@@ -112,10 +112,12 @@ def test_refused_family_on_the_command_line(tmp_path, capsys, tokenizer):
     assert not (tmp_path / "t").exists()
 
 
-def _tiny(cls: str, config: str, **kw):
+TEXT_BASE = dict(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+
+
+def _tiny(cls: str, config: str, base: dict = TEXT_BASE, **kw):
     import transformers as tf
 
-    base = dict(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
     return getattr(tf, cls)(getattr(tf, config)(**{**base, **kw}))
 
 
