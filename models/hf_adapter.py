@@ -7,7 +7,7 @@ import inspect
 import torch
 
 from kernels.context import TokenContext
-from models import families, patching, pattern
+from models import families, pattern
 from models.inject import IMPL, register
 from models.loaded import Encoded, InputError, LoadedModel, ModelError, resize_note, to_display
 
@@ -78,7 +78,10 @@ def check_config(config) -> None:
 
 
 def wrap(model, model_id: str, source: str, *, tokenizer=None, image_processor=None, revision=None) -> LoadedModel:
-    """Switch a loaded transformers model to our attention and describe it; `patching.undo(model)` reverts it."""
+    """Switch a loaded transformers model to our attention and describe it.
+
+    Everything it changes is an instance attribute of the model's modules and configs, which
+    models.attach.restored puts back for a model the user holds."""
     register()
     config = model.config
     check_config(config)
@@ -91,9 +94,9 @@ def wrap(model, model_id: str, source: str, *, tokenizer=None, image_processor=N
     kind = kind_of(config, model)
     # our mask interface hands every layer a lazy mask; a family whose model code reads its mask as a tensor
     # (MASK = "eager") gets transformers' eager mask
-    patching.set_attn_implementation(model, getattr(family, "MASK", IMPL))
+    set_attn_implementation(model, getattr(family, "MASK", IMPL))
     families.install(model, family, modules)
-    patching.eval_mode(model)
+    model.eval()
     cfg = getattr(config, "text_config", None) or config
     labels = None
     if kind == "vit" and getattr(config, "id2label", None) and hasattr(model, "classifier"):
@@ -116,6 +119,18 @@ def wrap(model, model_id: str, source: str, *, tokenizer=None, image_processor=N
         adapter=HFAdapter(tokenizer, image_processor),
         native_pattern=(family.describe if family is not None else hf_pattern)(cfg, modules, kind),
     )
+
+
+def set_attn_implementation(model, implementation: str) -> None:
+    """transformers' own switch where the model supports it; the families that bypass AttentionInterface
+    still build their mask from the config's implementation, so theirs is set directly."""
+    if model._can_set_attn_implementation():
+        model.set_attn_implementation(implementation)
+        return
+    for m in model.modules():
+        config = getattr(m, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation_internal"):
+            config._attn_implementation_internal = implementation
 
 
 def hf_pattern(cfg, modules: list[torch.nn.Module], kind: str) -> list[str]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 
 from kernels.context import TokenContext
-from models import families, patching
+from models import families
 from models.hf_adapter import _vit_tokens
 from models.loaded import Encoded, LoadedModel, ModelError, resize_note, to_display
 
 
 def wrap(model, model_id: str, source: str) -> LoadedModel:
-    """Hook a timm model's attention and describe it; `patching.undo(model)` reverts it."""
+    """Hook a timm model's attention (instance attributes only: models.attach.restored reverts them) and describe it."""
     name = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
     modules = [m for m in model.modules() if families.timm_family(m) is not None]
     if not modules or getattr(model, "patch_embed", None) is None:
@@ -25,7 +25,7 @@ def wrap(model, model_id: str, source: str) -> LoadedModel:
     family = families.timm_family(modules[0])
     families.check_all_hooked(model, modules, name)
     families.install(model, family, modules)
-    patching.eval_mode(model)
+    model.eval()
     labels = None
     if getattr(model, "num_classes", 0):
         labels = [str(i) for i in range(model.num_classes)]

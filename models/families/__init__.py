@@ -21,7 +21,6 @@ import importlib
 import types
 from types import ModuleType
 
-from models import patching
 from models.loaded import ModelError
 
 HF = {"bloom": "bloom", "falcon": "falcon", "mpt": "mpt", "gpt_neo": "gpt_neo"}  # by config.model_type
@@ -44,18 +43,16 @@ def timm_family(module) -> ModuleType | None:
 
 
 def install(model, family: ModuleType | None, modules: list) -> None:
-    """Hook the family's attention modules (None: they call AttentionInterface) and number them.
-
-    `patching.undo(model)` reverts it all."""
+    """Hook the family's attention modules (None: they call AttentionInterface) and number them."""
     if family is None:
         pass
     elif hasattr(family, "install"):
         family.install(model, modules)
     else:
         for m in modules:
-            patching.set_attr(model, m, "forward", types.MethodType(family.forward, m))
+            m.forward = types.MethodType(family.forward, m)
     for layer, m in enumerate(modules):
-        patching.set_attr(model, m, "_attnscope_layer", layer)
+        m._attnscope_layer = layer
 
 
 def check_all_hooked(model, hooked: list, family: str) -> None:

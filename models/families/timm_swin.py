@@ -24,7 +24,7 @@ import types
 import torch
 
 from kernels.native import NativeAttention
-from models import memory, patching, pattern
+from models import memory, pattern
 from models.inject import DenseMask, run_attention
 from models.loaded import ModelError
 
@@ -35,8 +35,8 @@ def install(model, modules) -> None:
     """Each block's `_attn` (shift, partition, attention, merge) replaced by attention on the patch grid."""
     cells = model.patch_embed.grid_size
     for block in _blocks(model, modules):
-        patching.set_attr(model, block, "_attn", types.MethodType(_attn, block))
-        patching.set_attr(model, block, "_attnscope_factor", cells[0] // block.input_resolution[0])
+        block._attn = types.MethodType(_attn, block)
+        block._attnscope_factor = cells[0] // block.input_resolution[0]
 
 
 def _blocks(model, modules) -> list:

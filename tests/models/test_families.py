@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_zoo import engine  # noqa: F401  (fixture)
+from test_zoo import engine, wordpiece  # noqa: F401  (fixtures)
 from tiny import TEXT, sample_image
 from zoo import by_name, wrap
 
 from app.cli import main
 from kernels.errors import user_message
 from kernels.native import PLAIN
-from models import patching
 from models.inject import ModelMask, split_dense_mask
 from models.loaded import ModelError
 from models.trace import Trace
@@ -122,24 +121,19 @@ def _tiny(cls: str, config: str, base: dict = TEXT_BASE, **kw):
 
 
 @pytest.mark.parametrize("name", ["llama", "bloom", "timm-vit", "timm-swin"])
-def test_undo_gives_back_the_stock_model(name, tokenizer, engine):  # noqa: F811
-    """The API attaches attnscope to a model the user holds; `patching.undo` gives it back as it was."""
-    from models import hf_adapter, timm_adapter
+def test_attached_model_is_given_back_unchanged(name, wordpiece, engine):  # noqa: F811
+    """The API attaches attnscope to a model the user holds (models.attach): every family's hooks are instance
+    attributes, so its restore gives the model back as it was."""
+    from models.attach import attached
 
     entry = by_name(name)
-    model = entry.build()
-    model.train()  # wrap puts it in eval; undo must bring this back
+    model = entry.build().train()  # wrap puts it in eval; the restore must bring this back
     inp = {"image": sample_image()} if entry.image else {"text": TEXT}
     before = _state(model)
-    lm = (timm_adapter.wrap(model, name, "test") if entry.backend == "timm" else
-          hf_adapter.wrap(model, name, "test", tokenizer=tokenizer))
-    x = lm.adapter.encode_image(lm, inp["image"]).inputs["x"] if entry.image else \
-        lm.adapter.encode_text(lm, inp["text"]).inputs["input_ids"]
-    trace(lm, **inp)
-    assert _state(model) != before
-    patching.undo(model)
-    assert _state(model) == before
-    patching.undo(model)  # twice is harmless
+    with attached(model, **({} if entry.image else {"tokenizer": wordpiece})) as lm:
+        x = lm.encode_image(inp["image"]).inputs["x"] if entry.image else lm.encode_text(TEXT).inputs["input_ids"]
+        trace(lm, **inp)
+        assert _state(model) != before
     assert _state(model) == before
     fresh = entry.build().train()
     torch.manual_seed(0)  # dropout is on again: same seed, same draws
