@@ -36,7 +36,7 @@ def wordpiece():
 def engine(monkeypatch):
     """Until kernels.dispatch.attend takes `native`, calls that carry one go to a float64 brute-force definition.
 
-    Yields the set of native modifiers the model's calls carried (softcap, key_bias, pair_bias, sink_logits)."""
+    Returns the set of native modifiers the model's calls carried (softcap, key_bias, pair_bias, sink_logits)."""
     from kernels import dispatch
     from models import inject
 
