@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from kernels.context import TokenContext
+from models import families, pattern
 from models.inject import IMPL, register
 from models.loaded import Encoded, InputError, LoadedModel, ModelError, resize_note, to_display
 
 VISION_TYPES = {"vit", "deit", "dinov2", "dinov2_with_registers", "vit_msn", "vit_mae", "beit", "data2vec-vision"}
 
 
-def number_attention_modules(model: torch.nn.Module) -> int:
-    """Give every self-attention module its layer index (ViT modules have no layer_idx)."""
-    count = 0
-    for module in model.modules():
-        if (
-            hasattr(module, "is_causal")
-            and hasattr(module, "scaling")
-            and not getattr(module, "is_cross_attention", False)
-        ):
-            module._attnscope_layer = count
-            count += 1
-    return count
+def uses_attention_interface(module: torch.nn.Module) -> bool:
+    """Whether the module's own forward picks its attention function from transformers' AttentionInterface."""
+    code = getattr(inspect.unwrap(type(module).forward), "__code__", None)
+    return code is not None and "ALL_ATTENTION_FUNCTIONS" in code.co_names
+
+
+def self_attention_modules(model: torch.nn.Module, family=None) -> list[torch.nn.Module]:
+    """The modules attnscope runs, in model order: a hooked family's attention class, else every self-attention
+    module that calls AttentionInterface (not the `is_causal` + `scaling` attributes: ModernBERT has no `scaling`)."""
+    if family is not None:
+        return [m for m in model.modules() if type(m).__name__ == family.ATTENTION]
+    return [
+        m for m in model.modules()
+        if uses_attention_interface(m) and not getattr(m, "is_cross_attention", False)
+        and "Cross" not in type(m).__name__
+    ]
 
 
 def kind_of(config, model=None) -> str:
@@ -49,17 +56,48 @@ def model_class(config, kind: str):
     return tf.AutoModel
 
 
+# Families whose attention goes through AttentionInterface but whose calls are not one attention over
+# the input's tokens per layer.
+REFUSED = {
+    "swin": "its attention runs on window batches; trace Swin with timm, which attnscope hooks on the patch grid",
+    "albert": "its layers share one attention module, run once per layer",
+    "vit_mae": "it drops a random 75 % of the patches before the encoder",
+}
+
+
+def check_config(config) -> None:
+    """Refuse, from the config alone (before any weights load), what attnscope does not trace."""
+    family = families.hf_family(config.model_type)
+    why = (
+        REFUSED.get(config.model_type)
+        or (getattr(config, "is_encoder_decoder", False) and "encoder–decoder models (cross-attention) are not traced")
+        or (hasattr(family, "refuse") and family.refuse(config))
+    )
+    if why:
+        raise ModelError(families.refusal(config.model_type, why))
+
+
 def wrap(model, model_id: str, source: str, *, tokenizer=None, image_processor=None, revision=None) -> LoadedModel:
-    """Switch a loaded transformers model to our attention and describe it."""
+    """Switch a loaded transformers model to our attention and describe it.
+
+    Everything it changes is an instance attribute of the model's modules and configs, which
+    models.attach.restored puts back for a model the user holds."""
     register()
-    model.set_attn_implementation(IMPL)
-    model.eval()
     config = model.config
-    cfg = getattr(config, "text_config", None) or config
+    check_config(config)
+    family = families.hf_family(config.model_type)
+    modules = self_attention_modules(model, family)
+    families.check_all_hooked(model, modules, config.model_type)
+    if not modules:
+        raise ModelError(families.refusal(config.model_type, "it has no attention layers attnscope can hook; pick a "
+                                                             "transformer model"))
     kind = kind_of(config, model)
-    n_layers = number_attention_modules(model)
-    if n_layers == 0:
-        raise ModelError(f"{model_id} has no attention layers attnscope can hook; pick a transformer model")
+    # our mask interface hands every layer a lazy mask; a family whose model code reads its mask as a tensor
+    # (MASK = "eager") gets transformers' eager mask
+    set_attn_implementation(model, getattr(family, "MASK", IMPL))
+    families.install(model, family, modules)
+    model.eval()
+    cfg = getattr(config, "text_config", None) or config
     labels = None
     if kind == "vit" and getattr(config, "id2label", None) and hasattr(model, "classifier"):
         labels = [config.id2label[i] for i in range(len(config.id2label))]
@@ -72,14 +110,51 @@ def wrap(model, model_id: str, source: str, *, tokenizer=None, image_processor=N
         backend="hf",
         kind=kind,
         module=model,
-        n_layers=n_layers,
+        n_layers=len(modules),
         n_heads=cfg.num_attention_heads,
         revision=revision,
         labels=labels,
         max_tokens=getattr(cfg, "max_position_embeddings", None),
         output_kind=output_kind,
         adapter=HFAdapter(tokenizer, image_processor),
+        native_pattern=(family.describe if family is not None else hf_pattern)(cfg, modules, kind),
     )
+
+
+def set_attn_implementation(model, implementation: str) -> None:
+    """transformers' own switch where the model supports it; the families that bypass AttentionInterface
+    still build their mask from the config's implementation, so theirs is set directly."""
+    if model._can_set_attn_implementation():
+        model.set_attn_implementation(implementation)
+        return
+    for m in model.modules():
+        config = getattr(m, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation_internal"):
+            config._attn_implementation_internal = implementation
+
+
+def hf_pattern(cfg, modules: list[torch.nn.Module], kind: str) -> list[str]:
+    """Per attention module, what the model itself does, from the config it builds its masks from."""
+    types_ = getattr(cfg, "layer_types", None)
+    default = "sliding_attention" if getattr(cfg, "sliding_window", None) else "full_attention"
+    out = []
+    for i, m in enumerate(modules):
+        idx = getattr(m, "layer_idx", None)
+        layer_type = types_[i if idx is None else idx] if types_ else default
+        if layer_type == "sliding_attention":
+            phrase = pattern.sliding(cfg.sliding_window, causal=kind == "causal")
+        elif layer_type == "chunked_attention":
+            phrase = pattern.chunked(cfg.attention_chunk_size)
+        else:
+            phrase = pattern.GLOBAL
+        out.append(pattern.join(
+            phrase,
+            getattr(cfg, "attn_logit_softcapping", None) and pattern.softcap(cfg.attn_logit_softcapping),
+            isinstance(getattr(m, "sinks", None), torch.Tensor) and pattern.LEARNED_SINKS,
+            (getattr(cfg, "use_relative_position_bias", False) or getattr(cfg, "use_shared_relative_position_bias",
+                                                                          False)) and pattern.RELATIVE_BIAS,
+        ))
+    return out
 
 
 class HFAdapter:
@@ -109,7 +184,9 @@ class HFAdapter:
         config = lm.module.config
         patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
         grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
-        n_prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0) + int(config.model_type == "deit")
+        has_cls = any(getattr(m, name, None) is not None for m in lm.module.modules()
+                      for name in ("cls_token", "class_embedding"))  # SigLIP and I-JEPA have none
+        n_prefix = int(has_cls) + int(getattr(config, "num_register_tokens", 0) or 0) + int(config.model_type == "deit")
         ctx = TokenContext.vit(grid, n_prefix=n_prefix, n_layers=lm.n_layers)
         tokens = _vit_tokens(n_prefix, grid)
         return Encoded(

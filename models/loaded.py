@@ -69,6 +69,7 @@ class LoadedModel:
     max_tokens: int | None = None
     output_kind: str = "logits"  # logits | class_scores | hidden
     adapter: Any = None  # backend object with encode_text / encode_image / forward
+    native_pattern: list[str] | None = None  # per layer, what the model itself does (models.pattern phrases)
 
     def encode_text(self, text: str) -> Encoded:
         if self.kind == "vit":
@@ -82,8 +83,34 @@ class LoadedModel:
 
     @torch.no_grad()
     def forward(self, enc: Encoded) -> torch.Tensor:
-        """The model's output for the trace: last-token logits, class scores or hidden states."""
-        return self.adapter.forward(self, enc)
+        """The model's output for the trace: last-token logits, class scores or hidden states.
+
+        Inside a trace every attention layer must have run through attnscope exactly once: a model that
+        skips one or runs one module twice (ALBERT's shared layers) would record a wrong picture.
+        """
+        from models.inject import current_plan
+
+        p = current_plan()
+        before = p.calls if p is not None else 0
+        out = self.adapter.forward(self, enc)
+        if p is not None and p.calls - before != self.n_layers:
+            raise ModelError(
+                f"{self.model_id} ran {p.calls - before} attention calls through attnscope for its {self.n_layers} "
+                "attention layers (shared or skipped layers); attnscope cannot trace it faithfully, see the model "
+                "family table in the README"
+            )
+        return out
+
+    def native_mask(self, layer: int, n: int) -> np.ndarray | None:
+        """bool (n, n): what query i may see in `layer` by the model's own rule (a sliding, chunked or local
+        window; Swin's windows on the patch grid), for the Mask lab; None when the rule hides nothing."""
+        own = getattr(self.adapter, "native_mask", None)
+        if own is not None:
+            keep = own(self, layer)
+            return None if keep is None else keep.cpu().numpy()
+        from models import pattern
+
+        return None if not self.native_pattern else pattern.mask(self.native_pattern[layer], n, self.kind == "causal")
 
     @property
     def device(self) -> torch.device:

@@ -8,7 +8,32 @@ manifest (`native`), and the app shows `summarise(...)` next to the Model view a
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
+
 GLOBAL = "global"
+LEARNED_SINKS = "learned sinks"
+ALIBI = "ALiBi"
+RELATIVE_BIAS = "relative position bias"
+
+
+def sliding(window: int, causal: bool = True) -> str:
+    """transformers' windows: causal, the last `window` keys (self included); bidirectional, |i − j| ≤ window."""
+    return f"sliding window {window}" if causal else f"bidirectional local ±{window}"
+
+
+def chunked(size: int) -> str:
+    return f"chunked {size}"
+
+
+def softcap(cap: float) -> str:
+    return f"softcap {cap:g}"
+
+
+def join(*parts) -> str:
+    """'sliding window 4096 · softcap 50': the layer's mask first, then what else it adds; falsy parts dropped."""
+    return " · ".join(p for p in parts if p)
 
 
 def summarise(per_layer: list[str] | None) -> str:
@@ -30,3 +55,18 @@ def _layers(layers: list[int]) -> str:
     if layers == list(range(layers[0], layers[-1] + 1)):
         return f"layers {layers[0]}–{layers[-1]}"
     return "layers " + ",".join(map(str, layers))
+
+
+def mask(phrase: str, n: int, causal: bool) -> np.ndarray | None:
+    """bool (n, n): the keys query i may see under a layer's own window rule (causality included), from
+    its phrase; None for a layer whose rule hides nothing (global)."""
+    i, j = np.indices((n, n))
+    if m := re.match(r"sliding window (\d+)", phrase):
+        keep = i - j < int(m[1])
+    elif m := re.match(r"bidirectional local ±(\d+)", phrase):
+        keep = np.abs(i - j) <= int(m[1])
+    elif m := re.match(r"chunked (\d+)", phrase):
+        keep = i // int(m[1]) == j // int(m[1])
+    else:
+        return None
+    return keep & (j <= i) if causal else keep

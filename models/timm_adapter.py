@@ -1,45 +1,30 @@
-"""timm ViTs: a per-instance forward on each attention module routes attention through attnscope."""
+"""timm vision transformers: a per-instance forward on each attention module routes attention through attnscope.
+
+Which forward depends on the attention class (models/families/: timm's `Attention`, EVA's rotary
+attention, BEiT's relative position bias, Swin's windows); a model with any other attention module
+is refused in one line.
+"""
 
 from __future__ import annotations
-
-import types
 
 import torch
 
 from kernels.context import TokenContext
+from models import families
 from models.hf_adapter import _vit_tokens
-from models.inject import _DenseMask, run_attention
 from models.loaded import Encoded, LoadedModel, ModelError, resize_note, to_display
 
 
-def _attention_forward(self, x, attn_mask=None, is_causal=False, **_):
-    """timm `Attention.forward` with the score/softmax/value product handed to attnscope."""
-    B, N, _ = x.shape
-    gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
-    q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = self.q_norm(q), self.k_norm(k)
-    mask = None if attn_mask is None else _DenseMask(attn_mask if attn_mask.dtype == torch.bool else attn_mask > -1e4)
-    out, _ = run_attention(self, q, k, v, mask, self.scale)
-    x = self.norm(out.transpose(1, 2).reshape(B, N, -1))
-    if gate is not None:
-        x = x * gate
-    return self.proj_drop(self.proj(x))
-
-
 def wrap(model, model_id: str, source: str) -> LoadedModel:
-    from timm.layers import Attention
-
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:
-        raise ModelError(f"{model_id} is not a timm VisionTransformer; attnscope supports timm ViTs")
-    n_layers = 0
-    for block in blocks:
-        attn = getattr(block, "attn", None)
-        if type(attn) is not Attention:  # rope / other attention classes compute differently
-            raise ModelError(f"{model_id}: attention class {type(attn).__name__} is not supported yet")
-        attn._attnscope_layer = n_layers
-        attn.forward = types.MethodType(_attention_forward, attn)
-        n_layers += 1
+    """Hook a timm model's attention (instance attributes only: models.attach.restored reverts them) and describe it."""
+    name = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+    modules = [m for m in model.modules() if families.timm_family(m) is not None]
+    if not modules or getattr(model, "patch_embed", None) is None:
+        raise ModelError(families.refusal(name, "it has no attention module attnscope hooks (timm's Attention, "
+                                                "EVA, BEiT or Swin attention)"))
+    family = families.timm_family(modules[0])
+    families.check_all_hooked(model, modules, name)
+    families.install(model, family, modules)
     model.eval()
     labels = None
     if getattr(model, "num_classes", 0):
@@ -50,16 +35,17 @@ def wrap(model, model_id: str, source: str) -> LoadedModel:
         backend="timm",
         kind="vit",
         module=model,
-        n_layers=n_layers,
-        n_heads=blocks[0].attn.num_heads,
+        n_layers=len(modules),
+        n_heads=modules[0].num_heads,
         labels=labels,
         output_kind="class_scores" if labels else "hidden",
-        adapter=TimmAdapter(model),
+        adapter=TimmAdapter(model, family, modules),
+        native_pattern=family.describe(model, modules),
     )
 
 
 class TimmAdapter:
-    def __init__(self, model):
+    def __init__(self, model, family=None, modules=()):
         import timm.data
 
         cfg = timm.data.resolve_model_data_config(model)
@@ -67,6 +53,7 @@ class TimmAdapter:
             cfg["input_size"] = (cfg["input_size"][0], *model.patch_embed.img_size)
         self.transform = timm.data.create_transform(**cfg)
         self.mean, self.std = cfg["mean"], cfg["std"]
+        self.family, self.modules = family, list(modules)
 
     def encode_image(self, lm: LoadedModel, image) -> Encoded:
         rgb = image.convert("RGB")
@@ -74,7 +61,7 @@ class TimmAdapter:
         model = lm.module
         patch = model.patch_embed.patch_size
         grid = (pixel_values.shape[-2] // patch[0], pixel_values.shape[-1] // patch[1])
-        n_prefix = model.num_prefix_tokens
+        n_prefix = getattr(model, "num_prefix_tokens", 0)
         return Encoded(
             inputs={"x": pixel_values.to(lm.device)},
             tokens=_vit_tokens(n_prefix, grid),
@@ -87,3 +74,8 @@ class TimmAdapter:
     def forward(self, lm: LoadedModel, enc: Encoded) -> torch.Tensor:
         out = lm.module(enc.inputs["x"])
         return out[0].float()
+
+    def native_mask(self, lm: LoadedModel, layer: int) -> torch.Tensor | None:
+        """bool (N, N): the keys each token may see in `layer` by the model's own rule (Swin's windows), or None."""
+        own = getattr(self.family, "own_mask_of", None)
+        return None if own is None else own(lm.module, self.modules, layer)

@@ -48,6 +48,7 @@ class Trace:
     notes: list[str] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
     image: np.ndarray | None = field(default=None, repr=False)  # what a ViT saw, HxWx3 uint8
+    native: list[str] | None = None  # per layer, the model's own attention pattern (models.pattern phrases)
 
     @property
     def n(self) -> int:

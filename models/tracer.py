@@ -103,6 +103,7 @@ def trace(
         notes=notes,
         versions=_versions(),
         image=enc.image,
+        native=lm.native_pattern,
     )
 
 
