@@ -12,9 +12,11 @@ from models.calibrate import calibrate, default_calibration
 from models.inject import CallPlan, plan
 from models.inputs import check_text
 from models.loaded import InputError, LoadedModel
-from models.memory import GB, budget_bytes, estimate_bytes
+from models.memory import GB, budget_bytes, reserve, return_freed_memory, trace_estimate
 from models.recorder import DENSE_LIMIT, Recorder
 from models.trace import Trace
+
+return_freed_memory()  # so a trace's peak RSS follows what it holds (see models.memory)
 
 
 def encode(lm: LoadedModel, *, text: str | None = None, image=None, max_tokens: int | None = None):
@@ -65,7 +67,7 @@ def trace(
     if getattr(v, "needs_calibration", False):
         calib = default_calibration(lm) if calibration is None else encode(lm, **calibration)
         ctx = replace(ctx, calibration=calibrate(lm, v, calib))
-    dense_limit, note = _fit_memory(lm, enc.ctx.n, dense_limit, qk)
+    dense_limit, note, need = _fit_memory(lm, enc.ctx.n, dense_limit, qk)
     on_layer = None if progress is None else (lambda done: progress(done, lm.n_layers))
     rec = Recorder(dense_limit=dense_limit, keep_qk=qk, on_layer=on_layer)
     p = CallPlan(
@@ -75,7 +77,7 @@ def trace(
         layers=frozenset(layers) if layers is not None else None,
         heads=tuple(heads) if heads is not None else None,
     )
-    with plan(p):
+    with reserve(need, "this trace"), plan(p):
         out = lm.forward(enc)
     arrays = dict(rec.arrays)
     arrays["logits"] = out.cpu().numpy()
@@ -106,17 +108,19 @@ def trace(
     )
 
 
-def _fit_memory(lm: LoadedModel, n: int, dense_limit: int, qk: bool) -> tuple[int, str | None]:
-    """Refuse a trace over the memory budget, or keep pooled maps instead of dense ones when that fits."""
+def _fit_memory(lm: LoadedModel, n: int, dense_limit: int, qk: bool):
+    """(dense limit, note, estimate): refuse a trace over the memory budget, or keep pooled maps instead of
+    dense ones when that fits."""
     budget = budget_bytes()
     dense = n <= dense_limit
-    need = estimate_bytes(lm, n, dense=dense, qk=qk)
-    if need <= budget:
-        return dense_limit, None
-    if dense and estimate_bytes(lm, n, dense=False, qk=qk) <= budget:
-        return n - 1, (f"dense maps would need {need / GB:.1f} GB (budget {budget / GB:.1f} GB); "
-                       "kept pooled maps instead")
-    raise InputError(f"this trace needs about {need / GB:.1f} GB but the memory budget is {budget / GB:.1f} GB; "
+    need = trace_estimate(lm, n, dense=dense, qk=qk)
+    if need.total <= budget:
+        return dense_limit, None, need
+    pooled = trace_estimate(lm, n, dense=False, qk=qk)
+    if dense and pooled.total <= budget:
+        return n - 1, (f"dense maps would need {need.total / GB:.1f} GB (budget {budget / GB:.1f} GB); "
+                       "kept pooled maps instead"), pooled
+    raise InputError(f"this trace needs about {need.describe()} but the memory budget is {budget / GB:.1f} GB; "
                      "use a shorter input, or raise ATTNSCOPE_MEMORY_BUDGET_GB")
 
 

@@ -38,5 +38,5 @@ def test_over_budget_switches_to_pooled_maps(llama, monkeypatch):
 
 def test_far_over_budget_is_refused_with_the_estimate(llama, monkeypatch):
     monkeypatch.setenv("ATTNSCOPE_MEMORY_BUDGET_GB", "0.000001")
-    with pytest.raises(InputError, match=r"needs about .* GB but the memory budget is"):
+    with pytest.raises(InputError, match=r"needs about [\d.]+ GB \(.*\) but the memory budget is"):
         trace(llama, text=TEXT)
