@@ -7,6 +7,7 @@ second, instead of after the seconds a model takes to load.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from kernels.errors import UserError
 
@@ -52,7 +53,11 @@ def variant(spec: str, model: str):
 
 
 def output(path: str, force: bool) -> None:
-    """An output that exists is refused before any work unless --force."""
+    """An output that exists is refused before any work unless --force (after what a killed earlier run
+    left beside it is cleaned up: models.atomic)."""
+    from models.atomic import clean_stale
+
+    clean_stale(Path(path).parent)
     if os.path.lexists(path) and not force:
         raise CliError(f"{path} already exists; pass --force to replace it")
 

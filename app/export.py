@@ -778,6 +778,7 @@ def run_export(load: Callable, inputs: dict, *, variant: str = "full", variant_b
     if any(f in STATIC for f in formats):
         find_chromium()  # say now, not after tracing, when there is none
     lm = load()
+    _require_traces(lm, inputs, 2 if variant_b is not None or (view == "compare" or all_views) else 1)
     primary = trace(lm, variant=variant, qk=True, **inputs)
     for note in primary.notes:
         say(f"note: {note}")
@@ -793,3 +794,13 @@ def run_export(load: Callable, inputs: dict, *, variant: str = "full", variant_b
     else:
         paths = export_view(view, data, selection, out_path, formats[0], force=force, with_data=with_data)
     return paths
+
+
+def _require_traces(lm, inputs: dict, count: int) -> None:
+    """The traces an export holds at once (two for a comparison), against the memory budget, before any runs."""
+    from models.memory import require, trace_estimate
+    from models.recorder import DENSE_LIMIT
+    from models.tracer import encode
+
+    n = encode(lm, text=inputs.get("text"), image=inputs.get("image")).ctx.n
+    require(trace_estimate(lm, n, dense=n <= DENSE_LIMIT, qk=True, traces=count), f"{count} traces of this input")

@@ -9,6 +9,7 @@ old one back when its replacement never arrived.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -70,7 +71,8 @@ def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a folder we may not write to: leave it
+            path.unlink(missing_ok=True)
 
 
 def _exists(path: Path) -> bool:
@@ -81,12 +83,12 @@ def write_file(path: str | os.PathLike, data: bytes, *, force: bool = False, err
     """Write `data` as `path` in one rename. Without `force` an existing file is never replaced, not even
     one that appears while we write."""
     path = Path(path)
+    clean_stale(path.parent)
     if path.is_dir():
         raise error(f"{path} is a folder; give a file name")
     if not force and _exists(path):
         raise error(f"{path} already exists; pass --force to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(path.parent)
     tmp = sibling(path, "tmp")
     try:
         with open(tmp, "xb") as f:
@@ -117,6 +119,7 @@ def write_folder(folder: str | os.PathLike, fill: Callable[[Path], None], *, for
     new one is in place.
     """
     folder = Path(folder)
+    clean_stale(folder.parent)
     if _exists(folder):
         if not force:
             raise error(f"{folder} already exists; pass --force to replace it")
@@ -125,7 +128,6 @@ def write_folder(folder: str | os.PathLike, fill: Callable[[Path], None], *, for
         if any(folder.iterdir()) and not replaceable(folder):
             raise error(f"{folder} is not a {what} folder; refusing to replace it, even with --force")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(folder.parent)
     tmp, old = sibling(folder, "tmp"), None
     tmp.mkdir()
     try:

@@ -161,6 +161,16 @@ def trace_estimate(lm, n: int, *, dense: bool, qk: bool, save: bool = True, trac
     return Estimate({"recorder": kept, "save": SAVE_BYTES if save else 0}) + forward_estimate(lm, n)
 
 
+def one_layer_estimate(lm, lengths: list[int]) -> Estimate:
+    """Inputs of these token counts each keeping one layer's q, k and maps (the query–key explorer), and the
+    working set of the longest one's forward pass."""
+    from models.recorder import DENSE_LIMIT
+
+    d = dims(lm)
+    kept = sum(recorder_bytes(d, n, dense=n <= DENSE_LIMIT, qk=True, layers=1) for n in lengths)
+    return Estimate({"recorder": kept}) + forward_estimate(lm, max(lengths))
+
+
 def estimate_bytes(lm, n: int, *, dense: bool, qk: bool, pooled: int = POOLED) -> int:
     """Total bytes of `trace_estimate` (kept for callers that want one number)."""
     return trace_estimate(lm, n, dense=dense, qk=qk).total

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from kernels.errors import UserError
-from models.atomic import write_folder
+from models.atomic import clean_stale, write_folder
 
 FORMAT_VERSION = 2  # 2: manifest_sha256 covers the manifest
 FILES = ("manifest.json", "trace.npz")
@@ -148,6 +149,7 @@ class Trace:
         folder = Path(folder)
         if folder.name == "manifest.json":
             folder = folder.parent
+        clean_stale(folder.parent)  # a save killed while replacing this folder left the old one aside: back
         for name in FILES:
             if not (folder / name).is_file():
                 raise TraceError(f"{folder} is not a trace folder: {name} is missing")
@@ -162,6 +164,15 @@ class Trace:
 def array_key(layer: int, name: str) -> str:
     """The name of one layer's array in trace.npz, e.g. L3_probs: the only place the naming is written."""
     return f"L{layer}_{name}"
+
+
+_ARRAY_KEY = re.compile(r"^L(\d+)_(\w+)$")
+
+
+def split_array_key(key: str) -> tuple[int, str] | None:
+    """(layer, name) of a per-layer array's key (the inverse of array_key); None for logits, image..."""
+    m = _ARRAY_KEY.match(key)
+    return (int(m[1]), m[2]) if m else None
 
 
 def arrays_hash(arrays: dict[str, np.ndarray]) -> str:

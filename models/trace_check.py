@@ -7,7 +7,6 @@ hostile folder is refused before a view reads it.
 from __future__ import annotations
 
 import json
-import re
 import types
 import typing
 import zipfile
@@ -17,11 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from kernels.errors import UserError
-from models.trace import FORMAT_VERSION, TraceError, arrays_hash, manifest_hash
+from models.trace import FORMAT_VERSION, TraceError, array_key, arrays_hash, manifest_hash, split_array_key
 
 META_KEYS = ("format_version", "shapes", "arrays_sha256", "manifest_sha256")  # written beside the fields
 PER_LAYER_FIELDS = ("native",)  # list fields holding one entry per layer
-LAYER_ARRAY = re.compile(r"^L(\d+)_(\w+)$")
 ROW_STATS_SHAPE = "(H, N)"  # every per-layer array not named below: lse and the row statistics
 
 
@@ -137,10 +135,10 @@ def check_arrays(meta: dict, arrays: dict[str, np.ndarray], folder: Path) -> Non
     for name, a in arrays.items():
         if a.dtype.kind not in "fiub":
             raise TraceError(f"{where}: {name} holds {a.dtype} values, not numbers")
-        m = LAYER_ARRAY.match(name)
-        if m is None:
+        key = split_array_key(name)
+        if key is None:
             continue
-        layer, what = int(m[1]), m[2]
+        layer, what = key
         if layer >= n_layers:
             raise TraceError(f"{where}: {name} is for layer {layer}; the manifest says {n_layers} layers")
         need(a.dtype.kind == "f", name, "floating-point values")
@@ -156,6 +154,11 @@ def check_arrays(meta: dict, arrays: dict[str, np.ndarray], folder: Path) -> Non
             need(a.ndim == 0, name, "a scalar")
         else:
             need(a.shape == (n_heads, n), name, ROW_STATS_SHAPE)
+    missing = [layer for layer in range(n_layers)
+               if array_key(layer, "probs") not in arrays and array_key(layer, "pooled") not in arrays]
+    if missing:
+        raise TraceError(f"{where} has no attention map (probs or pooled) for layers {missing[:5]}; the manifest "
+                         f"says {n_layers} layers")
     if len(qk_dims) > 1:
         raise TraceError(f"{where}: q and k arrays differ in head dimension ({sorted(qk_dims)})")
     logits = arrays.get("logits")
