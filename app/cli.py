@@ -21,7 +21,10 @@ __all__ = ["CliError", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, run the command, and turn every error phrased for the user into one line and exit status 1."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv[:1] if argv[:1] == ["app"] else argv)
+    if argv[:1] == ["app"]:  # all of it Streamlit's: argparse's REMAINDER refuses one starting with --flag
+        args.streamlit_args = argv[1:]
     try:
         with _terminate_as_exit():
             return args.func(args) or 0

@@ -78,7 +78,8 @@ def load(model_id: str, *, trust_remote_code: bool = False, allow_pickle: bool =
     model_id = (model_id or "").strip()
     if not model_id:
         raise ModelError("no model given; pick a preset (attnscope models) or type a model id")
-    if allowed_paths_only and model_id not in PRESETS and looks_like_path(model_id) and not within_roots(model_id):
+    local = looks_like_path(model_id) or os.path.lexists(model_id)  # lexists: only names under the working dir
+    if allowed_paths_only and model_id not in PRESETS and local and not within_roots(model_id):
         raise ModelError(
             f"{model_id!r} is not a preset or hub id, and model folders and .gguf files are read only under the "
             f"working directory, the Hugging Face cache and {MODEL_DIRS_ENV}; put the model there, or add its "
