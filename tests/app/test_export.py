@@ -654,3 +654,24 @@ def test_an_export_killed_midway_leaves_no_figure_without_data_and_nothing_hidde
                           env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in proc.stderr, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.data"]
+
+
+def test_compare_export_checks_both_traces_against_the_budget(model_dir, tmp_path, capsys, monkeypatch):
+    """A comparison holds two traces at once: refused before either runs when only one would fit."""
+    from models.memory import GB, trace_estimate
+    from models.registry import load
+    from models.tracer import encode
+
+    lm = load(str(model_dir))
+    n = encode(lm, text=tiny.TEXT).ctx.n
+    one, two = (trace_estimate(lm, n, dense=True, qk=True, traces=k).total for k in (1, 2))
+    assert two > one
+    monkeypatch.setenv("ATTNSCOPE_MEMORY_BUDGET_GB", str((one + two) / 2 / GB))
+    import models.tracer
+
+    monkeypatch.setattr(models.tracer, "trace", _no_model)
+    argv = ["export", "--model", str(model_dir), "--text", tiny.TEXT, "--variant", "sliding_window:w=2",
+            "--view", "compare", "--out", str(tmp_path / "c.html")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("attnscope: error:") == 1 and "2 traces of this input needs about" in err
