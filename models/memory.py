@@ -7,9 +7,10 @@ constant below. The constants are measured: `attnscope bench memory` (bench/benc
 the presets at several lengths with and without q and k, compares the peak RSS growth with these
 estimates and writes bench/results/memory_cpu.json; rerun it after changing what a trace holds.
 
-The estimate covers what a request adds on top of the loaded model: the recorder's arrays (the
-maps, LSE, row statistics, q and k), the attention's working set, the model's own activations and
-the save. The model's weights are taken when it loads (`models.registry.resident`).
+The estimate covers what a request adds on top of the loaded model: the maps and the recorder's
+other arrays (LSE, row statistics, q and k), the attention's working set, the model's own
+activations, and what the save needs beyond them. The model's weights are taken when it loads
+(`models.registry.resident`).
 """
 
 from __future__ import annotations
@@ -137,14 +138,15 @@ def dims(lm) -> Dims:
     return Dims(lm.n_layers, lm.n_heads, int(head_dim), int(hidden), int(intermediate))
 
 
-def recorder_bytes(d: Dims, n: int, *, dense: bool, qk: bool, layers: int | None = None,
-                   pooled: int = POOLED) -> int:
-    """What the recorder keeps for `layers` layers (default: all): the maps, LSE, row statistics, q and k."""
-    H = d.n_heads
-    per_layer = ROW_ARRAYS * H * n + (H * n * n if dense else H * min(pooled, n) ** 2)
-    if qk:
-        per_layer += 2 * H * n * d.head_dim
-    return (d.n_layers if layers is None else layers) * per_layer * F32
+def kept_parts(d: Dims, n: int, *, dense: bool, qk: bool, layers: int | None = None,
+               pooled: int = POOLED) -> dict[str, int]:
+    """What a trace keeps for `layers` layers (default: all): "maps" (dense probabilities or pooled maps,
+    with the float64 sums a pooled map is built from while its layer runs) and "recorder" (LSE, row
+    statistics, q and k)."""
+    H, count = d.n_heads, d.n_layers if layers is None else layers
+    maps = count * H * n * n * F32 if dense else count * H * min(pooled, n) ** 2 * F32 + H * pooled**2 * 8
+    recorder = count * (ROW_ARRAYS * H * n + (2 * H * n * d.head_dim if qk else 0)) * F32
+    return {"maps": maps, "recorder": recorder}
 
 
 def forward_estimate(lm, n: int) -> Estimate:
@@ -157,8 +159,10 @@ def forward_estimate(lm, n: int) -> Estimate:
 
 def trace_estimate(lm, n: int, *, dense: bool, qk: bool, save: bool = True, traces: int = 1) -> Estimate:
     """A trace of n tokens (`traces` of them held at once, as a comparison does), and its save."""
-    kept = traces * recorder_bytes(dims(lm), n, dense=dense, qk=qk)
-    return Estimate({"recorder": kept, "save": SAVE_BYTES if save else 0}) + forward_estimate(lm, n)
+    kept = {k: traces * v for k, v in kept_parts(dims(lm), n, dense=dense, qk=qk).items()}
+    forward = forward_estimate(lm, n)
+    # the save runs once the forward pass has freed its working set: only what it needs beyond that adds
+    return Estimate({**kept, "save": max(0, SAVE_BYTES - forward.total) if save else 0}) + forward
 
 
 def one_layer_estimate(lm, lengths: list[int]) -> Estimate:
@@ -166,9 +170,10 @@ def one_layer_estimate(lm, lengths: list[int]) -> Estimate:
     working set of the longest one's forward pass."""
     from models.recorder import DENSE_LIMIT
 
-    d = dims(lm)
-    kept = sum(recorder_bytes(d, n, dense=n <= DENSE_LIMIT, qk=True, layers=1) for n in lengths)
-    return Estimate({"recorder": kept}) + forward_estimate(lm, max(lengths))
+    d, kept = dims(lm), Estimate({})
+    for n in lengths:
+        kept = kept + Estimate(kept_parts(d, n, dense=n <= DENSE_LIMIT, qk=True, layers=1))
+    return kept + forward_estimate(lm, max(lengths))
 
 
 def estimate_bytes(lm, n: int, *, dense: bool, qk: bool, pooled: int = POOLED) -> int:
