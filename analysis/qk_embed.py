@@ -120,8 +120,11 @@ def collect(lm, inputs: Sequence, layer: int, *, names: Sequence[str] | None = N
 
 def _collect(lm, inputs: Sequence, encoded: list, layer: int, names: list[str], say: Progress) -> QKSet:
     qs, ks, probs, tokens, kinds, context, which, pos = [], [], [], [], [], [], [], []
+    from models.memory import release_freed_memory
+
     for i, enc in enumerate(encoded):
         arrays = record_layer(lm, enc, layer)
+        release_freed_memory()
         qs.append(arrays[array_key(layer, "q")])
         ks.append(arrays[array_key(layer, "k")])
         probs.append(arrays.get(array_key(layer, "probs")))

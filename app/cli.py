@@ -253,6 +253,7 @@ BENCHES = {
     "qk": ("bench.bench_qk_embed", []),  # UMAP/PCA on 20 000 points
     "export": ("bench.bench_export", []),  # every view in every format
     "triton": ("bench.bench_triton", []),  # GPU kernels vs SDPA flash and FlexAttention
+    "memory": ("bench.bench_memory", []),  # peak RSS of traces against the memory guard's estimate
 }
 
 

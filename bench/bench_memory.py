@@ -12,6 +12,9 @@ takes 512, a ViT sees a fixed grid) is measured at the length it takes, once.
 
 `--budget-case` adds the acceptance probe of issue 15: ATTNSCOPE_MEMORY_BUDGET_GB=1.5 and a 6000-token
 smollm2-135m trace with q and k: refused before the forward pass, or completed within 1.5 GB.
+
+`--reestimate FILE` recomputes the estimates and ratios of a results file with the constants of
+models/memory.py as they are now (the measurements stay): how those constants are calibrated.
 """
 
 from __future__ import annotations
@@ -65,7 +68,6 @@ def long_text(lm, n: int) -> str:
 
 def one_case(preset: str, n: int, qk: bool) -> dict:
     """Measure one trace + save in this process (run by `main` in a child process)."""
-    from models.memory import trace_estimate
     from models.registry import load
     from models.tracer import encode, trace
 
@@ -90,17 +92,45 @@ def one_case(preset: str, n: int, qk: bool) -> dict:
         tr.save(os.path.join(d, "t"))
         save_seconds = time.perf_counter() - t0
     total_peak = peak()
-    est = trace_estimate(lm, n_real, dense=tr.dense, qk=qk)
     measured = total_peak - before
-    return {
+    row = {
         "preset": preset, "n": n_real, "qk": qk, "dense": tr.dense,
-        "measured_gb": round(measured / GB, 3), "measured_trace_gb": round((trace_peak - before) / GB, 3),
-        "estimate_gb": round(est.total / GB, 3), "ratio": round(est.total / measured, 3),
-        "estimate_parts_gb": {k: round(v / GB, 3) for k, v in est.parts.items()},
+        "measured_bytes": measured, "measured_gb": round(measured / GB, 3),
+        "measured_trace_gb": round((trace_peak - before) / GB, 3),
         "kept_arrays_gb": round(sum(a.nbytes for a in tr.arrays.values()) / GB, 3),
         "rss_before_gb": round(before / GB, 3), "weights_gb": round(weights / GB, 3),
         "trace_seconds": round(seconds, 2), "save_seconds": round(save_seconds, 2),
     }
+    _estimate_row(row, lm)
+    return row
+
+
+def _estimate_row(row: dict, lm) -> None:
+    from models.memory import trace_estimate
+
+    est = trace_estimate(lm, row["n"], dense=row["dense"], qk=row["qk"])
+    row.update(estimate_gb=round(est.total / GB, 3), ratio=round(est.total / row["measured_bytes"], 3),
+               estimate_parts_gb={k: round(v / GB, 3) for k, v in est.parts.items()})
+
+
+def reestimate(path: str) -> int:
+    """Rewrite the estimates of a results file with the current constants; the measured numbers stay."""
+    from models.registry import load
+
+    with open(path) as f:
+        result = json.load(f)
+    models = {}
+    for row in result["results"]:
+        if "ratio" in row:
+            lm = models.get(row["preset"]) or models.setdefault(row["preset"], load(row["preset"]))
+            _estimate_row(row, lm)
+    ratios = [r["ratio"] for r in result["results"] if "ratio" in r]
+    result["ratio_range"] = [min(ratios), max(ratios)]
+    text = json.dumps(result, indent=1)
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    print(text)
+    return 0
 
 
 def budget_case(tokens: int = 6000, budget_gb: float = 1.5) -> dict:
@@ -146,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qk", choices=("both", "yes", "no"), default="both")
     ap.add_argument("--budget-case", action="store_true", help="add the 1.5 GB / 6000-token --qk probe")
     ap.add_argument("--out", help="also write the JSON to this file")
+    ap.add_argument("--reestimate", metavar="FILE", help="recompute estimates and ratios of a results file")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.reestimate:
+        return reestimate(args.reestimate)
     if args.child:
         if args.child[0] == "budget":
             row = budget_case()

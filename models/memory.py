@@ -30,11 +30,11 @@ POOLED = 256  # side of the pooled maps kept above the dense limit (models.recor
 ROW_ARRAYS = 5  # (H, N) arrays per layer: the LSE and the four row statistics
 
 # Measured by bench/bench_memory.py (bench/results/memory_cpu.json); see the module docstring.
-ATTN_CHUNK_TEMPS = 6  # (H, chunk, N) float32 tensors alive at once in one query chunk: scores, probs, masks
+ATTN_CHUNK_TEMPS = 5  # (H, chunk, N) float32 tensors alive at once in one query chunk: scores, probs, masks
 QKV_TEMPS = 8  # (H, N, head_dim) tensors alive at once in one layer: projections, rotary, expanded k/v, output
-HIDDEN_TEMPS = 8  # (N, hidden) tensors alive at once: residual stream, norms, attention output
+HIDDEN_TEMPS = 6  # (N, hidden) tensors alive at once: residual stream, norms, attention output
 MLP_TEMPS = 4  # (N, intermediate) tensors alive at once in the MLP: gate, up, activation, product
-SAVE_BYTES = 64 * 2**20  # what writing trace.npz holds beyond the arrays: zip and zlib buffers, one chunk
+SAVE_BYTES = 16 * 2**20  # what writing trace.npz holds beyond the arrays: zip and zlib buffers, one chunk
 FIRST_USE_BYTES = 16 * 2**20  # code and caches the first traced forward pass of a process brings in
 
 BUDGET_ENV = "ATTNSCOPE_MEMORY_BUDGET_GB"
@@ -182,20 +182,25 @@ def estimate_bytes(lm, n: int, *, dense: bool, qk: bool, pooled: int = POOLED) -
 
 
 # -- the allocator ---------------------------------------------------------------------------------------
-MMAP_THRESHOLD = 1 << 20  # allocations from this size get their own pages, returned to the system when freed
+_libc = None
 
 
-def return_freed_memory() -> None:
-    """Make glibc give large freed blocks back to the system at once.
+def release_freed_memory() -> None:
+    """Give the memory freed inside glibc's heap back to the system (malloc_trim), as the tracer does after
+    each recorded layer.
 
-    By default glibc raises its mmap threshold each time a large block is freed, after which blocks of
-    up to 32 MB come from the heap and stay there: a traced forward pass, which frees and allocates
-    many such blocks around the arrays it keeps, then grew RSS by 2-3× what it held (measured with
-    bench/bench_memory.py). A fixed threshold stops that. No-op where glibc is not the allocator.
+    A traced forward pass frees large working tensors between the arrays it keeps; glibc keeps such holes
+    (and, once its mmap threshold has risen, serves blocks of up to 32 MB from the heap), so without this
+    a trace's RSS grew by 2-3× what it held, depending on the process's allocation history (measured with
+    bench/bench_memory.py). Fixing the mmap threshold instead cost 40 % more CPU in page faults; trimming
+    once per layer costs a few percent. No-op where glibc is not the allocator.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    M_MMAP_THRESHOLD = -3
-    libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)

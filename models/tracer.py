@@ -12,11 +12,9 @@ from models.calibrate import calibrate, default_calibration
 from models.inject import CallPlan, plan
 from models.inputs import check_text
 from models.loaded import InputError, LoadedModel
-from models.memory import GB, budget_bytes, reserve, return_freed_memory, trace_estimate
+from models.memory import GB, budget_bytes, release_freed_memory, reserve, trace_estimate
 from models.recorder import DENSE_LIMIT, Recorder
 from models.trace import Trace
-
-return_freed_memory()  # so a trace's peak RSS follows what it holds (see models.memory)
 
 
 def encode(lm: LoadedModel, *, text: str | None = None, image=None, max_tokens: int | None = None):
@@ -63,12 +61,17 @@ def trace(
     _check_indices("heads", heads, lm.n_heads, lm.model_id)
     enc = encode(lm, text=text, image=image, max_tokens=max_tokens)
     v.check(enc.ctx)
+    dense_limit, note, need = _fit_memory(lm, enc.ctx.n, dense_limit, qk)
     ctx = enc.ctx
     if getattr(v, "needs_calibration", False):
         calib = default_calibration(lm) if calibration is None else encode(lm, **calibration)
         ctx = replace(ctx, calibration=calibrate(lm, v, calib))
-    dense_limit, note, need = _fit_memory(lm, enc.ctx.n, dense_limit, qk)
-    on_layer = None if progress is None else (lambda done: progress(done, lm.n_layers))
+
+    def on_layer(done: int) -> None:
+        release_freed_memory()  # so the peak follows what the trace holds (models.memory)
+        if progress is not None:
+            progress(done, lm.n_layers)
+
     rec = Recorder(dense_limit=dense_limit, keep_qk=qk, on_layer=on_layer)
     p = CallPlan(
         variant=v,
