@@ -653,12 +653,6 @@ def zip_bytes(files: dict[str, bytes], root: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-def data_folder(out: str | os.PathLike) -> Path:
-    """Where the data of figure file `out` goes: `<stem>.data/` beside it, shared by its formats."""
-    out = Path(out)
-    return out.with_name(safe_name(out.stem) + ".data")
-
-
 def export_view(view: str, data, selection: dict | None, out: str | os.PathLike, fmt: str | None = None, *,
                 force: bool = False, with_data: bool = True, renderer: StaticRenderer | None = None,
                 browser: str | None = None) -> list[Path]:
@@ -667,7 +661,7 @@ def export_view(view: str, data, selection: dict | None, out: str | os.PathLike,
     fmt = figure_format(out, fmt)
     data = _data_of(data)
     sel = resolve(view, data, selection)
-    data_dir = data_folder(out)
+    data_dir = out.with_name(safe_name(out.stem) + ".data")  # shared by the figure's formats
     refuse_existing([out], force)  # the data folder may be shared: it is compared once built
     fig = build_view(view, data, sel)
     if fmt in STATIC:
@@ -751,8 +745,10 @@ def run_export(load: Callable, inputs: dict, *, variant: str = "full", variant_b
 
     Compare draws a vs b: --variant vs --variant-b, else (with a --variant other than full) full vs --variant.
     """
+    from kernels.variants import parse_variant
     from models.tracer import trace
 
+    full = parse_variant(variant).spec() == "full"
     out_path = Path(out)
     if all_views:
         formats = [fmt] if fmt else list(FORMATS)
@@ -769,16 +765,13 @@ def run_export(load: Callable, inputs: dict, *, variant: str = "full", variant_b
         get_view(view)
         formats = [figure_format(out_path, fmt)]
         refuse_existing([out_path], force)  # before the model runs
-    if view == "compare" and variant_b is None:
-        from kernels.variants import parse_variant
-
-        if parse_variant(variant).spec() == "full":
-            raise ExportError("the compare view needs a second variant: --variant-b V2 "
-                              "(or a --variant other than full)")
+    if view == "compare" and variant_b is None and full:
+        raise ExportError("the compare view needs a second variant: --variant-b V2 (or a --variant other than full)")
     if any(f in STATIC for f in formats):
         find_chromium()  # say now, not after tracing, when there is none
+    pair = variant_b is not None or (not full and (all_views or view == "compare"))  # two traces held at once
     lm = load()
-    _require_traces(lm, inputs, 2 if variant_b is not None or (view == "compare" or all_views) else 1)
+    _require_traces(lm, inputs, 2 if pair else 1)
     primary = trace(lm, variant=variant, qk=True, **inputs)
     for note in primary.notes:
         say(f"note: {note}")
