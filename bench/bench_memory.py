@@ -32,6 +32,8 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.bench_cpu import long_text  # noqa: E402  (the shipped text repeated to N tokens)
+
 PRESETS = ("minilm", "smollm2-135m", "digits-vit")
 SIZES = (512, 2048, 8192)
 GB = 1024**3
@@ -54,16 +56,6 @@ def reset_peak() -> None:
     """Set the peak-RSS counter (VmHWM) to the current RSS (Linux ≥ 4.0)."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-
-
-def long_text(lm, n: int) -> str:
-    from models.calibrate import CALIBRATION_TEXT
-
-    para = CALIBRATION_TEXT.read_text()
-    text = para
-    while len(lm.encode_text(text).tokens) < n:
-        text += "\n\n" + para
-    return text
 
 
 def one_case(preset: str, n: int, qk: bool) -> dict:
