@@ -29,11 +29,12 @@ CHUNK = 256  # query rows the reference path holds at once
 POOLED = 256  # side of the pooled maps kept above the dense limit (models.recorder.POOLED)
 ROW_ARRAYS = 5  # (H, N) arrays per layer: the LSE and the four row statistics
 
-# Measured by bench/bench_memory.py (bench/results/memory_cpu.json); see the module docstring.
-ATTN_CHUNK_TEMPS = 5  # (H, chunk, N) float32 tensors alive at once in one query chunk: scores, probs, masks
-QKV_TEMPS = 8  # (H, N, head_dim) tensors alive at once in one layer: projections, rotary, expanded k/v, output
-HIDDEN_TEMPS = 6  # (N, hidden) tensors alive at once: residual stream, norms, attention output
-MLP_TEMPS = 4  # (N, intermediate) tensors alive at once in the MLP: gate, up, activation, product
+# Fitted to bench/bench_memory.py (bench/results/memory_cpu.json): the tensors alive at once, plus the slack
+# glibc's heap keeps between them, so that the estimate stays just above the measured peak.
+ATTN_CHUNK_TEMPS = 6  # (H, chunk, N) float32 tensors of one query chunk: scores, probabilities, masks
+QKV_TEMPS = 8  # (H, N, head_dim) tensors of one layer: projections, rotary, expanded k and v, output
+HIDDEN_TEMPS = 10  # (N, hidden) tensors: residual stream, norms, attention output
+MLP_TEMPS = 6  # (N, intermediate) tensors of the MLP: gate, up, activation, product
 SAVE_BYTES = 16 * 2**20  # what writing trace.npz holds beyond the arrays: zip and zlib buffers, one chunk
 FIRST_USE_BYTES = 16 * 2**20  # code and caches the first traced forward pass of a process brings in
 
