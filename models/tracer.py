@@ -23,6 +23,8 @@ def encode(lm: LoadedModel, *, text: str | None = None, image=None, max_tokens: 
         raise InputError("give exactly one input: a text or an image")
     if image is not None:
         return lm.encode_image(image)
+    if max_tokens is not None and max_tokens < 1:
+        raise InputError(f"max_tokens (--max-tokens) must be at least 1, got {max_tokens}")
     enc = lm.encode_text(check_text(text))
     n, limit = len(enc.tokens), lm.max_tokens
     if max_tokens is not None:
