@@ -1,11 +1,12 @@
 # The README's two commands: `make run` serves the app, `make test` runs the tests.
-# Both create .venv first when it is missing (or when requirements change).
+# Both install Chromium first when it is missing (.ci/chromium: Debian's package, static export and the
+# browser tests need it), then create .venv when it is missing (or when requirements change).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install run test lint bench clean
+.PHONY: install chromium run test lint bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,10 +18,13 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
-run: install
+chromium:
+	@sh .ci/chromium
+
+run: chromium install
 	$(VENV)/bin/attnscope app
 
-test: install
+test: chromium install
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

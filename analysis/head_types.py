@@ -31,8 +31,10 @@ from kernels.maps import token_distance
 from models.calibrate import default_calibration
 from models.inject import FULL, CallPlan, plan
 from models.loaded import Encoded, InputError, LoadedModel
+from models.memory import release_freed_memory, reserve, trace_estimate
 from models.recorder import Recorder
 from models.trace import array_key
+from models.tracer import encode
 
 SCORES = ("previous_token", "induction", "sink", "distance")
 # ranking keys: (score, sign); local heads are the ones with the smallest distance
@@ -127,7 +129,10 @@ def repeated_random_tokens(tokenizer, length: int = INDUCTION_LENGTH, seed: int 
     """([BOS] r r, start of the first r): r = `length` distinct ordinary ids drawn with `seed`.
     BOS is the tokenizer's bos token, else its cls token, else none."""
     rng = np.random.default_rng(seed)
-    r = rng.choice(ordinary_token_ids(tokenizer), size=length, replace=False).tolist()
+    ordinary = ordinary_token_ids(tokenizer)
+    if not 1 <= length <= len(ordinary):
+        raise InputError(f"the induction length must be 1..{len(ordinary)} (distinct ordinary tokens), got {length}")
+    r = rng.choice(ordinary, size=length, replace=False).tolist()
     first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
     prefix = [first] if first is not None else []
     return prefix + r + r, len(prefix)
@@ -145,7 +150,7 @@ def encode_ids(lm: LoadedModel, ids: list[int], n_special_prefix: int) -> Encode
 
 def attention_probs(lm: LoadedModel, enc: Encoded) -> list[np.ndarray]:
     """Full attention probabilities (H, N, N) of every layer for one encoded input."""
-    rec = Recorder(dense_limit=max(enc.ctx.n, 1))
+    rec = Recorder(dense_limit=max(enc.ctx.n, 1), on_layer=lambda _: release_freed_memory())
     with plan(CallPlan(FULL, enc.ctx, recorder=rec)):
         lm.forward(enc)
     return [rec.arrays[array_key(layer, "probs")] for layer in range(lm.n_layers)]
@@ -198,8 +203,23 @@ class HeadScores:
 
 def head_scores(lm: LoadedModel, *, text: str | None = None, length: int = INDUCTION_LENGTH,
                 seed: int = 0) -> HeadScores:
-    """Every score of SCORES for every head of `lm` (see the module doc)."""
-    natural = lm.encode_text(text) if text is not None else default_calibration(lm)
+    """Every score of SCORES for every head of `lm` (see the module doc). Both inputs' dense maps of every
+    layer are held at once: refused first when that is over the memory budget (models.memory)."""
+    natural = encode(lm, text=text) if text is not None else default_calibration(lm)
+    repeated, start = None, 0
+    need = trace_estimate(lm, natural.ctx.n, dense=True, qk=False, save=False)
+    if lm.kind != "vit":
+        ids, start = repeated_random_tokens(lm.adapter.tokenizer, length, seed)
+        if lm.max_tokens is not None and len(ids) > lm.max_tokens:
+            raise InputError(f"two copies of {length} tokens make {len(ids)} tokens; {lm.model_id} takes at most "
+                             f"{lm.max_tokens}: use a shorter induction length")
+        repeated = encode_ids(lm, ids, start)
+        need = need + trace_estimate(lm, len(ids), dense=True, qk=False, save=False)
+    with reserve(need, "the head types"):
+        return _head_scores(lm, natural, repeated, start, length)
+
+
+def _head_scores(lm: LoadedModel, natural: Encoded, repeated: Encoded | None, start: int, length: int) -> HeadScores:
     probs = attention_probs(lm, natural)
     L, H = lm.n_layers, lm.n_heads
     nan = np.full((L, H), np.nan)
@@ -212,8 +232,7 @@ def head_scores(lm: LoadedModel, *, text: str | None = None, length: int = INDUC
         excluded[0] = True
         dist, allowed = sequence_distances(natural.ctx.n, lm.kind == "causal", excluded)
         scores["previous_token"] = np.stack([previous_token_score(p) for p in probs])
-        ids, start = repeated_random_tokens(lm.adapter.tokenizer, length, seed)
-        rep = attention_probs(lm, encode_ids(lm, ids, start))
+        rep = attention_probs(lm, repeated)
         scores["induction"] = np.stack([induction_score(p, start, length) for p in rep])
     scores["distance"] = np.stack([distance_score(p, dist, allowed) for p in probs])
     return HeadScores(lm.model_id, {name: scores[name] for name in SCORES})

@@ -99,16 +99,32 @@ class QKSet:
 
 def collect(lm, inputs: Sequence, layer: int, *, names: Sequence[str] | None = None,
             progress: Progress | None = None) -> QKSet:
-    """Run each input (a text or a PIL image) through `lm` up to `layer`; keep q, k, probs and token labels."""
+    """Run each input (a text or a PIL image) through `lm` up to `layer`; keep q, k, probs and token labels.
+
+    What every input will keep is estimated first and refused over the memory budget (models.memory)."""
+    from models.loaded import InputError
+    from models.memory import one_layer_estimate, reserve
+    from models.tracer import encode
+
     if not 0 <= layer < lm.n_layers:
-        raise ValueError(f"layer {layer} does not exist; {lm.model_id} has layers 0..{lm.n_layers - 1}")
+        raise InputError(f"layer {layer} does not exist; {lm.model_id} has layers 0..{lm.n_layers - 1}")
     if not inputs:
-        raise ValueError("no inputs to embed")
+        raise InputError("no inputs to embed")
     say = progress or (lambda _f, _m: None)
     names = list(names) if names is not None else [f"input {i}" for i in range(len(inputs))]
+    encoded = [encode(lm, **_arg(x)) for x in inputs]
+    need = one_layer_estimate(lm, [e.ctx.n for e in encoded])
+    with reserve(need, f"the query–key set of {len(inputs)} inputs"):
+        return _collect(lm, inputs, encoded, layer, names, say)
+
+
+def _collect(lm, inputs: Sequence, encoded: list, layer: int, names: list[str], say: Progress) -> QKSet:
+    from models.memory import release_freed_memory
+
     qs, ks, probs, tokens, kinds, context, which, pos = [], [], [], [], [], [], [], []
-    for i, x in enumerate(inputs):
-        enc, arrays = record_layer(lm, x, layer)
+    for i, enc in enumerate(encoded):
+        arrays = record_layer(lm, enc, layer)
+        release_freed_memory()
         qs.append(arrays[array_key(layer, "q")])
         ks.append(arrays[array_key(layer, "k")])
         probs.append(arrays.get(array_key(layer, "probs")))
@@ -132,15 +148,16 @@ class _Stop(Exception):
     """Raised once the chosen layer is recorded: later layers cannot change its q, k or attention."""
 
 
-def record_layer(lm, x, layer: int):
-    """(Encoded, arrays) of one input: the stock model's q, k (H, N, D) and probs (H, N, N) of `layer`.
+def record_layer(lm, enc, layer: int) -> dict:
+    """The arrays of one encoded input (`models.tracer.encode`): the stock model's q, k (H, N, D) and
+    probs (H, N, N) of `layer`.
 
-    The tracer's own machinery (encode, CallPlan, Recorder) with a recorder that keeps one layer
-    and ends the forward pass there, so a low layer of a deep model costs a fraction of a trace.
+    The tracer's own machinery (CallPlan, Recorder) with a recorder that keeps one layer and ends the
+    forward pass there, so a low layer of a deep model costs a fraction of a trace.
     """
     from models.inject import FULL, CallPlan, plan
+    from models.loaded import ModelError
     from models.recorder import Recorder
-    from models.tracer import encode
 
     class OneLayer(Recorder):
         def sinks(self, at, ctx, q, k):
@@ -151,7 +168,6 @@ def record_layer(lm, x, layer: int):
                 super().record(at, res, q, k, scale)
                 raise _Stop
 
-    enc = encode(lm, **_arg(x))
     rec = OneLayer(keep_qk=True)
     try:
         with plan(CallPlan(variant=FULL, ctx=enc.ctx, recorder=rec)):
@@ -159,8 +175,8 @@ def record_layer(lm, x, layer: int):
     except _Stop:
         pass
     if array_key(layer, "q") not in rec.arrays:
-        raise RuntimeError(f"{lm.model_id} never ran attention layer {layer}")
-    return enc, rec.arrays
+        raise ModelError(f"{lm.model_id} never ran attention layer {layer}")
+    return rec.arrays
 
 
 def _arg(x) -> dict:

@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from kernels.errors import UserError, user_message
+from app import cli_args
+from app.cli_args import CliError
+from kernels.errors import user_message
 
 EXIT_USAGE = 2
-
-
-class CliError(UserError):
-    """A bad command-line argument."""
+__all__ = ["CliError", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, run the command, and turn every error phrased for the user into one line and exit status 1."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv[:1] if argv[:1] == ["app"] else argv)
+    if argv[:1] == ["app"]:  # all of it Streamlit's: argparse's REMAINDER refuses one starting with --flag
+        args.streamlit_args = argv[1:]
     try:
-        return args.func(args) or 0
+        with _terminate_as_exit():
+            return args.func(args) or 0
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
@@ -30,6 +36,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"attnscope: error: {msg}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM (a `kill`, a timeout) ends the command through SystemExit, so half-written outputs are
+    removed by the writers' own clean-up instead of being left behind (models.atomic)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dense-limit", type=int, default=1024, help="keep N×N probabilities up to this many tokens")
     s.add_argument("--max-tokens", type=int, help="keep only the first N tokens of the text (says how many dropped)")
     s.add_argument("--out", required=True, help="trace folder to write")
+    s.add_argument("--force", action="store_true", help="replace an existing trace folder")
     s.set_defaults(func=cmd_trace)
 
     _export_parsers(sub)
@@ -92,7 +117,7 @@ def read_input(args) -> dict:
     if args.text is not None:
         return {"text": check_text(args.text, "--text")}
     if args.text_file is not None:
-        return {"text": read_text_file(Path(args.text_file))}
+        return {"text": check_text(read_text_file(Path(args.text_file)), f"--text-file {args.text_file}")}
     image, name = read_image(Path(args.image))
     return {"image": image, "image_name": name}
 
@@ -108,15 +133,6 @@ def _load(args):
         allow_pickle=getattr(args, "allow_pickle", False),
         progress=lambda m: print(f"attnscope: {m}", file=sys.stderr),
     )
-
-
-def _parse_indices(flag: str, raw: str | None) -> list[int] | None:
-    if raw is None:
-        return None
-    try:
-        return [int(x) for x in raw.split(",") if x.strip()]
-    except ValueError:
-        raise CliError(f"{flag} {raw!r} must be comma-separated integers, e.g. 0,1,5") from None
 
 
 def cmd_models(args) -> int:
@@ -148,19 +164,21 @@ def cmd_variants(args) -> int:
 def cmd_trace(args) -> int:
     from models.tracer import trace
 
+    cli_args.output(args.out, args.force)
+    cli_args.trace_request(args)
     inputs = read_input(args)
     lm = _load(args)
     tr = trace(
         lm,
         variant=args.variant,
         qk=args.qk,
-        layers=_parse_indices("--layers", args.layers),
-        heads=_parse_indices("--heads", args.heads),
+        layers=cli_args.indices("--layers", args.layers),
+        heads=cli_args.indices("--heads", args.heads),
         dense_limit=args.dense_limit,
         max_tokens=args.max_tokens,
         **inputs,
     )
-    out = tr.save(args.out)
+    out = tr.save(args.out, force=args.force)
     for note in tr.notes:
         print(f"attnscope: note: {note}", file=sys.stderr)
     print(f"wrote {out}/manifest.json and {out}/trace.npz ({tr.n} tokens, {tr.n_layers} layers × {tr.n_heads} heads)")
@@ -204,6 +222,7 @@ def cmd_export(args) -> int:
     from app import export
 
     selection = export.cli_selection(args)
+    cli_args.trace_request(args)
     inputs = read_input(args)
     if args.view is None and not args.all:
         raise export.ExportError("say which view to export with --view (or export every view with --all)")
@@ -234,6 +253,7 @@ BENCHES = {
     "qk": ("bench.bench_qk_embed", []),  # UMAP/PCA on 20 000 points
     "export": ("bench.bench_export", []),  # every view in every format
     "triton": ("bench.bench_triton", []),  # GPU kernels vs SDPA flash and FlexAttention
+    "memory": ("bench.bench_memory", []),  # peak RSS of traces against the memory guard's estimate
 }
 
 
@@ -251,10 +271,14 @@ def cmd_app(args) -> int:
 
     main_py = Path(__file__).resolve().parent / "main.py"
     # Our defaults go first so the user's own flags (later on the line) win; an env var set for one skips it.
+    from app.session import MAX_UPLOAD_MB
+
     defaults = []
     for flag, env, value in (
         ("--client.toolbarMode", "STREAMLIT_CLIENT_TOOLBAR_MODE", "viewer"),
         ("--browser.gatherUsageStats", "STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false"),
+        # the server's own limit: the upload widgets' check runs in the browser, which a request can skip
+        ("--server.maxUploadSize", "STREAMLIT_SERVER_MAX_UPLOAD_SIZE", str(MAX_UPLOAD_MB)),
     ):
         if env not in os.environ:
             defaults += [flag, value]

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from app import cli_args
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -56,25 +58,10 @@ def _load(args):
     return load(args.model, trust_remote_code=args.trust_remote_code, progress=_say)
 
 
-def _positive(flag: str, value: int | None) -> None:
-    from models.loaded import InputError
-
-    if value is not None and value < 1:
-        raise InputError(f"{flag} must be at least 1, got {value}")
-
-
 def _layers(raw: str | None, n_layers: int) -> list[int] | None:
-    from models.loaded import InputError
-
-    if raw is None:
-        return None
-    try:
-        layers = [int(x) for x in raw.split(",") if x.strip()]
-    except ValueError:
-        raise InputError(f"--layers {raw!r} must be comma-separated integers, e.g. 0,1,5") from None
-    bad = [x for x in layers if not 0 <= x < n_layers]
-    if bad or not layers:
-        raise InputError(f"--layers {raw!r}: layers run 0..{n_layers - 1}")
+    layers = cli_args.indices("--layers", raw)
+    if layers is not None and max(layers) >= n_layers:
+        raise cli_args.CliError(f"--layers {raw!r}: layers run 0..{n_layers - 1}")
     return layers
 
 
@@ -96,13 +83,14 @@ def _batches(lm, args):
 
 def cmd_sweep(args) -> int:
     from analysis.quality import expand_specs, sweep
-    from kernels.variants import parse_variant
 
-    _positive("--limit", args.limit)
-    _positive("--max-tokens", args.max_tokens)
-    _positive("--kl-rows", args.kl_rows)
+    cli_args.budget()
+    cli_args.positive("--limit", args.limit)
+    cli_args.positive("--max-tokens", args.max_tokens)
+    cli_args.positive("--kl-rows", args.kl_rows)
+    cli_args.indices("--layers", args.layers)
     for spec in expand_specs(args.variants):  # fail on a bad spec before loading the model
-        parse_variant(spec)
+        cli_args.variant(spec, args.model)
     lm = _load(args)
     result = sweep(lm, args.variants, batches=_batches(lm, args), kl_rows=args.kl_rows,
                    layers=_layers(args.layers, lm.n_layers), attention=not args.no_attention, progress=_say)
@@ -135,8 +123,9 @@ def cmd_heads(args) -> int:
     from analysis.head_types import RANKINGS, head_scores
     from models.inputs import read_text_file
 
-    _positive("--top", args.top)
-    _positive("--length", args.length)
+    cli_args.budget()
+    cli_args.positive("--top", args.top)
+    cli_args.positive("--length", args.length)
     text = read_text_file(Path(args.text_file)) if args.text_file else None
     lm = _load(args)
     scores = head_scores(lm, text=text, length=args.length, seed=args.seed)

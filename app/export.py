@@ -34,6 +34,7 @@ import plotly.graph_objects as go
 
 from app.views.catalog import CATALOG, VIEWS, ViewError, applicable, as_data, build_view, metric_names, resolve
 from kernels.errors import UserError
+from models.atomic import write_file, write_folder
 
 FORMATS = ("png", "svg", "pdf", "html")
 STATIC = ("png", "svg", "pdf")
@@ -269,60 +270,53 @@ def refuse_existing(paths: Iterable[Path], force: bool) -> None:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, *, force: bool = False) -> Path:
-    """Write `data` to a temporary file beside `path`, then rename it into place.
-
-    Without `force` an existing file is never replaced, not even one that appears while we write.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ExportError(f"{path} is a folder; give a file name")
-    refuse_existing([path], force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if the name exists: no window to clobber a new file
-            except FileExistsError:
-                raise ExportError(f"{path} already exists; pass --force to overwrite it") from None
-            except OSError:  # a filesystem without hard links
-                refuse_existing([path], force)
-                os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    """Write `data` as `path` in one rename (models.atomic); an existing file needs `force`."""
+    return write_file(path, data, force=force, error=ExportError)
 
 
 def atomic_folder(folder: str | os.PathLike, files: dict[str, bytes], *, force: bool = False) -> Path:
-    """Write `files` (relative path → bytes) as a new folder, built beside it and renamed into place."""
+    """Write `files` (relative path → bytes) as a new folder, built beside it and renamed into place.
+
+    A folder already holding exactly these files is left as it is: one figure exported in several formats
+    shares its data. Different data is replaced only with `force`, and only in a data folder.
+    """
     folder = Path(folder)
-    refuse_existing([folder], force)
-    if folder.exists() and not folder.is_dir():
-        raise ExportError(f"{folder} exists and is not a folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    if folder.is_dir() and not folder.is_symlink() and same_files(folder, files):
+        return folder
+    if (folder.is_dir() or folder.is_symlink()) and not force:
+        raise ExportError(f"{folder} already exists and holds other data; pass --force to replace it")
+
+    def fill(tmp: Path) -> None:
         for rel, data in files.items():
             target = _inside(tmp, rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        os.chmod(tmp, 0o755)
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
-            os.replace(folder, old / "x")
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    return write_folder(folder, fill, force=force, error=ExportError, what="data",
+                        replaceable=lambda p: any((p / name).exists() for name in BUNDLE_FILES))
+
+
+def same_files(folder: Path, files: dict[str, bytes]) -> bool:
+    """Whether `folder` holds exactly `files`: the same names, the same bytes (arrays of .npz files equal)."""
+    import numpy as np
+
+    on_disk = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if not p.is_dir()}
+    if set(on_disk) != set(files):
+        return False
+    for rel, data in files.items():
+        if not rel.endswith(".npz"):
+            if on_disk[rel].read_bytes() != data:
+                return False
+            continue
+        try:  # the zip members carry their write time: compare the arrays, not the bytes
+            with np.load(on_disk[rel], allow_pickle=False) as a, np.load(io.BytesIO(data), allow_pickle=False) as b:
+                if sorted(a.files) != sorted(b.files):
+                    return False
+                if not all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a.files):
+                    return False
+        except Exception:  # a damaged file on disk is not the same data
+            return False
+    return True
 
 
 def _inside(root: Path, rel: str) -> Path:
@@ -365,8 +359,8 @@ class _TraceBytes:
         if hit is not None and hit[0] is tr:
             return hit[1]
         with tempfile.TemporaryDirectory(prefix="attnscope-trace-") as d:
-            tr.save(d)  # the contract's own writer
-            files = {name: (Path(d) / name).read_bytes() for name in TRACE_FILES}
+            folder = tr.save(Path(d) / "trace")  # the contract's own writer
+            files = {name: (folder / name).read_bytes() for name in TRACE_FILES}
         self._cache[id(tr)] = (tr, files)
         return files
 
@@ -630,7 +624,8 @@ def export_files(items: list[Item], data, formats: Iterable[str] = FORMATS, *, w
 
 
 def write_export(out_dir: str | os.PathLike, files: dict[str, bytes], *, force: bool = False) -> list[Path]:
-    """Write export files into out_dir: figures atomically, each data folder as one atomic folder."""
+    """Write export files into out_dir: each data folder as one atomic folder, then the figures atomically,
+    so a run killed midway never leaves a figure without its data."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} is a file; --all writes into a folder")
@@ -641,15 +636,11 @@ def write_export(out_dir: str | os.PathLike, files: dict[str, bytes], *, force: 
     for top in tops:
         if top != safe_name(top):
             raise ExportError(f"refusing the unsafe export name {top!r}")
-    refuse_existing([out_dir / top for top in tops], force)
-    written = []
-    for top, content in tops.items():
-        target = out_dir / top
-        if list(content) == [""]:
-            written.append(atomic_write(target, content[""], force=force))
-        else:
-            written.append(atomic_folder(target, content, force=force))
-    return written
+    figures = [top for top, content in tops.items() if list(content) == [""]]
+    refuse_existing([out_dir / top for top in figures], force)
+    written = [atomic_folder(out_dir / top, content, force=force) for top, content in tops.items()
+               if top not in figures]
+    return written + [atomic_write(out_dir / top, tops[top][""], force=force) for top in figures]
 
 
 def zip_bytes(files: dict[str, bytes], root: str | None = None) -> bytes:
@@ -670,8 +661,8 @@ def export_view(view: str, data, selection: dict | None, out: str | os.PathLike,
     fmt = figure_format(out, fmt)
     data = _data_of(data)
     sel = resolve(view, data, selection)
-    data_dir = out.with_name(safe_name(out.stem) + ".data")
-    refuse_existing([out, *([data_dir] if with_data else [])], force)
+    data_dir = out.with_name(safe_name(out.stem) + ".data")  # shared by the figure's formats
+    refuse_existing([out], force)  # the data folder may be shared: it is compared once built
     fig = build_view(view, data, sel)
     if fmt in STATIC:
         if renderer is None:
@@ -681,10 +672,8 @@ def export_view(view: str, data, selection: dict | None, out: str | os.PathLike,
             blob = renderer.render(fig, fmt)
     else:
         blob = figure_bytes(fig, fmt)
-    written = [atomic_write(out, blob, force=force)]
-    if with_data:
-        written.append(atomic_folder(data_dir, bundle_files(view, data, sel, fig=fig), force=force))
-    return written
+    written = [atomic_folder(data_dir, bundle_files(view, data, sel, fig=fig), force=force)] if with_data else []
+    return [atomic_write(out, blob, force=force), *written]
 
 
 def export_all(data, out_dir: str | os.PathLike, *, selection: dict | None = None,
@@ -696,9 +685,7 @@ def export_all(data, out_dir: str | os.PathLike, *, selection: dict | None = Non
     items = plan_all(data, selection)
     if not items:
         raise ExportError("no view applies to this data")
-    names = [f"{it.stem}.{f}" for it in items for f in formats] + (
-        [f"{it.stem}.data" for it in items] if with_data else [])
-    refuse_existing([out_dir / n for n in names], force)
+    refuse_existing([out_dir / f"{it.stem}.{f}" for it in items for f in formats], force)
     files = export_files(items, data, formats, with_data=with_data, browser=browser)
     return write_export(out_dir, files, force=force)
 
@@ -758,8 +745,10 @@ def run_export(load: Callable, inputs: dict, *, variant: str = "full", variant_b
 
     Compare draws a vs b: --variant vs --variant-b, else (with a --variant other than full) full vs --variant.
     """
+    from kernels.variants import parse_variant
     from models.tracer import trace
 
+    full = parse_variant(variant).spec() == "full"
     out_path = Path(out)
     if all_views:
         formats = [fmt] if fmt else list(FORMATS)
@@ -775,17 +764,14 @@ def run_export(load: Callable, inputs: dict, *, variant: str = "full", variant_b
 
         get_view(view)
         formats = [figure_format(out_path, fmt)]
-        data_dir = out_path.with_name(safe_name(out_path.stem) + ".data")
-        refuse_existing([out_path, *([data_dir] if with_data else [])], force)  # before the model runs
-    if view == "compare" and variant_b is None:
-        from kernels.variants import parse_variant
-
-        if parse_variant(variant).spec() == "full":
-            raise ExportError("the compare view needs a second variant: --variant-b V2 "
-                              "(or a --variant other than full)")
+        refuse_existing([out_path], force)  # before the model runs
+    if view == "compare" and variant_b is None and full:
+        raise ExportError("the compare view needs a second variant: --variant-b V2 (or a --variant other than full)")
     if any(f in STATIC for f in formats):
         find_chromium()  # say now, not after tracing, when there is none
+    pair = variant_b is not None or (not full and (all_views or view == "compare"))  # two traces held at once
     lm = load()
+    _require_traces(lm, inputs, 2 if pair else 1)
     primary = trace(lm, variant=variant, qk=True, **inputs)
     for note in primary.notes:
         say(f"note: {note}")
@@ -801,3 +787,13 @@ def run_export(load: Callable, inputs: dict, *, variant: str = "full", variant_b
     else:
         paths = export_view(view, data, selection, out_path, formats[0], force=force, with_data=with_data)
     return paths
+
+
+def _require_traces(lm, inputs: dict, count: int) -> None:
+    """The traces an export holds at once (two for a comparison), against the memory budget, before any runs."""
+    from models.memory import require, trace_estimate
+    from models.recorder import DENSE_LIMIT
+    from models.tracer import encode
+
+    n = encode(lm, text=inputs.get("text"), image=inputs.get("image")).ctx.n
+    require(trace_estimate(lm, n, dense=n <= DENSE_LIMIT, qk=True, traces=count), f"{count} traces of this input")

@@ -20,7 +20,10 @@ def read_text_file(path: Path) -> str:
 
 
 def check_text(text: str, name: str = "the text") -> str:
-    """A str that cannot be UTF-8 (lone surrogates: how Python hands over undecodable argv bytes) is refused."""
+    """An empty text, or a str that cannot be UTF-8 (lone surrogates: how Python hands over undecodable argv
+    bytes), is refused."""
+    if not text.strip():
+        raise InputError(f"{name} is empty; type or upload some text")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -2,24 +2,26 @@
 
 A trace folder holds `manifest.json` (what was run, on what, with which versions) and
 `trace.npz` (the arrays: L{l}_probs, L{l}_pooled, L{l}_lse, L{l}_q, L{l}_k, logits, ...).
-The manifest carries a hash of the arrays, checked on load.
+The manifest carries a hash of the arrays and one of itself; on load both are checked, and the
+manifest's schema and shapes against the arrays (models/trace_check.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from kernels.errors import UserError
+from models.atomic import clean_stale, write_folder
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest_sha256 covers the manifest
+FILES = ("manifest.json", "trace.npz")
 
 
 class TraceError(UserError, ValueError):
@@ -114,10 +116,12 @@ class Trace:
 
     # -- file format -------------------------------------------------------------
     def manifest(self) -> dict:
-        meta = {k: v for k, v in asdict(self).items() if k not in ("arrays", "image")}
+        # not dataclasses.asdict: it deep-copies every array
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("arrays", "image")}
         meta["format_version"] = FORMAT_VERSION
         meta["shapes"] = {k: list(v.shape) for k, v in sorted(self.arrays.items())}
         meta["arrays_sha256"] = arrays_hash(self._all_arrays())
+        meta["manifest_sha256"] = manifest_hash(meta)
         return meta
 
     def _all_arrays(self) -> dict[str, np.ndarray]:
@@ -126,35 +130,33 @@ class Trace:
             arrays["image"] = self.image
         return arrays
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write manifest.json and trace.npz atomically (temporary files, then rename)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **self._all_arrays())
-        _atomic_write(folder / "trace.npz", buf.getvalue())
-        _atomic_write(folder / "manifest.json", json.dumps(self.manifest(), indent=1).encode())
-        return folder
+    def save(self, folder: str | os.PathLike, *, force: bool = False) -> Path:
+        """Write manifest.json and trace.npz as a new folder (built beside it, then renamed into place).
+
+        An existing folder is refused unless `force` (then only a trace folder or an empty one is replaced).
+        """
+        def fill(tmp: Path) -> None:
+            np.savez_compressed(tmp / "trace.npz", **self._all_arrays())  # streams each array to the file
+            (tmp / "manifest.json").write_text(json.dumps(self.manifest(), indent=1))
+
+        return write_folder(folder, fill, force=force, error=TraceError, what="trace",
+                            replaceable=lambda p: any((p / name).exists() for name in FILES))
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> Trace:
+        """A saved trace, after checking its manifest (schema, hash) and its arrays (hash, shapes) agree."""
+        from models.trace_check import check_arrays, check_manifest, read_arrays, read_manifest
+
         folder = Path(folder)
         if folder.name == "manifest.json":
             folder = folder.parent
-        man_path, npz_path = folder / "manifest.json", folder / "trace.npz"
-        for p in (man_path, npz_path):
-            if not p.is_file():
-                raise TraceError(f"{folder} is not a trace folder: {p.name} is missing")
-        try:
-            meta = json.loads(man_path.read_text())
-            with np.load(npz_path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (ValueError, OSError, json.JSONDecodeError) as exc:
-            raise TraceError(f"cannot read the trace in {folder}: {exc}") from None
-        if meta.get("arrays_sha256") != arrays_hash(arrays):
-            raise TraceError(
-                f"the arrays in {npz_path} do not match the hash in its manifest; the trace was edited or damaged"
-            )
+        clean_stale(folder.parent)  # a save killed while replacing this folder left the old one aside: back
+        for name in FILES:
+            if not (folder / name).is_file():
+                raise TraceError(f"{folder} is not a trace folder: {name} is missing")
+        meta = check_manifest(read_manifest(folder / "manifest.json"), cls, folder)
+        arrays = read_arrays(folder / "trace.npz")
+        check_arrays(meta, arrays, folder)
         image = arrays.pop("image", None)
         fields = {k: meta[k] for k in cls.__dataclass_fields__ if k in meta and k not in ("arrays", "image")}
         return cls(arrays=arrays, image=image, **fields)
@@ -165,21 +167,25 @@ def array_key(layer: int, name: str) -> str:
     return f"L{layer}_{name}"
 
 
+_ARRAY_KEY = re.compile(r"^L(\d+)_(\w+)$")
+
+
+def split_array_key(key: str) -> tuple[int, str] | None:
+    """(layer, name) of a per-layer array's key (the inverse of array_key); None for logits, image..."""
+    m = _ARRAY_KEY.match(key)
+    return (int(m[1]), m[2]) if m else None
+
+
 def arrays_hash(arrays: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.tobytes())
+        h.update(memoryview(a).cast("B") if a.size else b"")  # the array's own bytes, not a copy
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def manifest_hash(meta: dict) -> str:
+    """A hash of every other field of the manifest (arrays_sha256 included), so an edit to any is seen."""
+    rest = {k: v for k, v in meta.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

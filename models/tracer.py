@@ -12,7 +12,7 @@ from models.calibrate import calibrate, default_calibration
 from models.inject import CallPlan, plan
 from models.inputs import check_text
 from models.loaded import InputError, LoadedModel
-from models.memory import GB, budget_bytes, estimate_bytes
+from models.memory import GB, budget_bytes, release_freed_memory, reserve, trace_estimate
 from models.recorder import DENSE_LIMIT, Recorder
 from models.trace import Trace
 
@@ -23,6 +23,8 @@ def encode(lm: LoadedModel, *, text: str | None = None, image=None, max_tokens: 
         raise InputError("give exactly one input: a text or an image")
     if image is not None:
         return lm.encode_image(image)
+    if max_tokens is not None and max_tokens < 1:
+        raise InputError(f"max_tokens (--max-tokens) must be at least 1, got {max_tokens}")
     enc = lm.encode_text(check_text(text))
     n, limit = len(enc.tokens), lm.max_tokens
     if max_tokens is not None:
@@ -61,12 +63,17 @@ def trace(
     _check_indices("heads", heads, lm.n_heads, lm.model_id)
     enc = encode(lm, text=text, image=image, max_tokens=max_tokens)
     v.check(enc.ctx)
+    dense_limit, note, need = _fit_memory(lm, enc.ctx.n, dense_limit, qk)
     ctx = enc.ctx
     if getattr(v, "needs_calibration", False):
         calib = default_calibration(lm) if calibration is None else encode(lm, **calibration)
         ctx = replace(ctx, calibration=calibrate(lm, v, calib))
-    dense_limit, note = _fit_memory(lm, enc.ctx.n, dense_limit, qk)
-    on_layer = None if progress is None else (lambda done: progress(done, lm.n_layers))
+
+    def on_layer(done: int) -> None:
+        release_freed_memory()  # so the peak follows what the trace holds (models.memory)
+        if progress is not None:
+            progress(done, lm.n_layers)
+
     rec = Recorder(dense_limit=dense_limit, keep_qk=qk, on_layer=on_layer)
     p = CallPlan(
         variant=v,
@@ -75,7 +82,7 @@ def trace(
         layers=frozenset(layers) if layers is not None else None,
         heads=tuple(heads) if heads is not None else None,
     )
-    with plan(p):
+    with reserve(need, "this trace"), plan(p):
         out = lm.forward(enc)
     arrays = dict(rec.arrays)
     arrays["logits"] = out.cpu().numpy()
@@ -107,17 +114,19 @@ def trace(
     )
 
 
-def _fit_memory(lm: LoadedModel, n: int, dense_limit: int, qk: bool) -> tuple[int, str | None]:
-    """Refuse a trace over the memory budget, or keep pooled maps instead of dense ones when that fits."""
+def _fit_memory(lm: LoadedModel, n: int, dense_limit: int, qk: bool):
+    """(dense limit, note, estimate): refuse a trace over the memory budget, or keep pooled maps instead of
+    dense ones when that fits."""
     budget = budget_bytes()
     dense = n <= dense_limit
-    need = estimate_bytes(lm, n, dense=dense, qk=qk)
-    if need <= budget:
-        return dense_limit, None
-    if dense and estimate_bytes(lm, n, dense=False, qk=qk) <= budget:
-        return n - 1, (f"dense maps would need {need / GB:.1f} GB (budget {budget / GB:.1f} GB); "
-                       "kept pooled maps instead")
-    raise InputError(f"this trace needs about {need / GB:.1f} GB but the memory budget is {budget / GB:.1f} GB; "
+    need = trace_estimate(lm, n, dense=dense, qk=qk)
+    if need.total <= budget:
+        return dense_limit, None, need
+    pooled = trace_estimate(lm, n, dense=False, qk=qk)
+    if dense and pooled.total <= budget:
+        return n - 1, (f"dense maps would need {need.total / GB:.1f} GB (budget {budget / GB:.1f} GB); "
+                       "kept pooled maps instead"), pooled
+    raise InputError(f"this trace needs about {need.describe()} but the memory budget is {budget / GB:.1f} GB; "
                      "use a shorter input, or raise ATTNSCOPE_MEMORY_BUDGET_GB")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from tiny import TEXT, sample_image, tiny_text_model, tiny_vit, wrap_text, wrap_vit
 
@@ -368,3 +368,150 @@ def test_cli_text_with_lone_surrogates_is_one_error():
 def test_trace_api_text_with_lone_surrogates_is_an_input_error():
     with pytest.raises(InputError, match="UTF-8"):
         trace(MODELS["bidirectional"], text="caf\udce9")
+
+
+# -- (d) command-line arguments, (e) manifests: never a traceback (issue 15) --------------------------------------
+
+
+def run_main(argv: list[str]) -> tuple[int, str]:
+    """main(argv) with its output captured: (exit status, stderr). argparse's usage errors exit 2."""
+    from app.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:
+            rc = exc.code
+    return rc, err.getvalue()
+
+
+def assert_clean_exit(rc, stderr: str, argv) -> None:
+    event(f"exit {rc}")
+    assert "Traceback" not in stderr, (argv, stderr)
+    errors = [line for line in stderr.splitlines() if line.startswith("attnscope: error:")]
+    assert rc in (0, 1, 2), (argv, rc, stderr)
+    if rc == 1:
+        assert len(errors) == 1, (argv, stderr)
+
+
+JUNK_ARGS = st.sampled_from(["", " ", ",", ",,", "-1", "0", "1", "3", "99", "1e9", "nan", "abc", "0,1", "1,,0", "\x00",
+                             "../x", "/", "/nonexistent", "💥", "-", "--", "full", "cls", "1,2", "a,b", "9" * 30])
+VARIANT_ARGS = st.one_of(st.sampled_from(["full", "sliding_window:w=2", "topk:k=1", "window_2d:M=2", "nope",
+                                          "sliding_window:w=-1", "entmax:alpha=abc", ""]), JUNK_ARGS)
+
+
+@st.composite
+def cli_argvs(draw) -> list[str]:
+    model = draw(st.sampled_from([str(MODEL_DIR[0]), "digits-vit", "/nonexistent", "", "no-such/model",
+                                  str(MODEL_DIR[0]) + "/config.json", "x.gguf"]))
+    command = draw(st.sampled_from(["trace", "export", "render", "heads", "models", "variants"]))
+    out = str(Path(tempfile.mkdtemp(prefix="fuzz_cli_")) / draw(st.sampled_from(["o", "o.json", "o.html", "o.bmp"])))
+    argv = [command]
+    if command in ("trace", "export"):
+        argv += ["--model", model]
+        source = draw(st.sampled_from(["--text", "--text-file", "--image", None]))
+        if source is not None:
+            argv += [source, draw(st.one_of(st.sampled_from([TEXT, "", "/nonexistent", str(MODEL_DIR[0])]),
+                                            JUNK_ARGS))]
+        for flag, values in (("--variant", VARIANT_ARGS), ("--layers", JUNK_ARGS), ("--heads", JUNK_ARGS),
+                             ("--max-tokens", JUNK_ARGS), ("--dense-limit", JUNK_ARGS), ("--layer", JUNK_ARGS),
+                             ("--head", JUNK_ARGS), ("--query", JUNK_ARGS)):
+            if (command == "trace") == (flag in ("--layers", "--heads", "--max-tokens", "--dense-limit")) \
+                    or flag == "--variant":
+                if draw(st.booleans()):
+                    argv += [flag, draw(values)]
+        if command == "export":
+            argv += draw(st.sampled_from([["--view", "head"], ["--view", "neuron"], ["--view", "compare"], [],
+                                          ["--view", "image"], ["--all"]]))
+            argv += draw(st.sampled_from([[], ["--format", "html"], ["--format", "json"]]))
+        argv += ["--out", out] + draw(st.sampled_from([[], ["--force"], ["--qk"] if command == "trace" else []]))
+    elif command == "render":
+        argv += [draw(st.sampled_from([str(TRACE_DIR[0]), "/nonexistent", str(MODEL_DIR[0]), ""])),
+                 "--out", out] + draw(st.sampled_from([[], ["--view", "head"], ["--view", "model"], ["--view", "qk"]]))
+        for flag in ("--layer", "--head", "--query", "--metric"):
+            if draw(st.booleans()):
+                argv += [flag, draw(JUNK_ARGS)]
+    elif command == "heads":
+        argv += ["--model", model] + draw(st.sampled_from([[], ["--length", "0"], ["--length", "4"], ["--top", "-1"],
+                                                           ["--length", "100000"], ["--text-file", "/nonexistent"]]))
+    else:
+        argv += draw(st.sampled_from([[], ["--json"]]))
+    return argv
+
+
+TRACE_DIR: list = []  # a saved tiny trace, the starting point of (e)
+
+
+@pytest.fixture(scope="module")
+def trace_dir(tmp_path_factory, model_dir):
+    folder = tmp_path_factory.mktemp("fuzz_saved") / "t"
+    trace(MODELS["causal"], text=TEXT, qk=True).save(folder)
+    TRACE_DIR[:] = [folder]
+    yield folder
+    TRACE_DIR.clear()
+
+
+@pytest.mark.usefixtures("model_dir", "trace_dir")
+@settings(FUZZ, max_examples=80)
+@given(argv=cli_argvs())
+@example(argv=["trace", "--model", "digits-vit", "--text", "hi", "--layers", ",", "--out", "/nonexistent/x"])
+@example(argv=["trace", "--model", "x.gguf", "--text", "hi", "--max-tokens", "-5", "--out", "/tmp/fuzz-x"])
+def test_cli_arguments_never_give_a_traceback(argv):
+    try:
+        rc, stderr = run_main(argv)
+        assert_clean_exit(rc, stderr, argv)
+    finally:
+        out = argv[argv.index("--out") + 1] if "--out" in argv else None
+        if out and "fuzz_cli_" in out:
+            shutil.rmtree(Path(out).parent, ignore_errors=True)
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=False), st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+    max_leaves=8,
+)
+
+
+@st.composite
+def manifest_edits(draw, keys: list[str]):
+    """A list of edits: (key, new value | DELETE); values of the right type half of the time."""
+    edits = []
+    for _ in range(draw(st.integers(1, 3))):
+        key = draw(st.one_of(st.sampled_from(keys), st.text(max_size=6)))
+        value = draw(st.one_of(st.just("<DELETE>"), JSON_VALUES, st.sampled_from([
+            [], [0], [1, 1], [[1, 1]], [3, 4], [-1], ["a"], [True], 0, -1, 1, 2, 5, 10**9, "full", "vit", "causal",
+            "sliding_window:w=1", {"type": "image"}, {"type": "text"}, None])))
+        edits.append((key, value))
+    return edits
+
+
+@pytest.mark.usefixtures("trace_dir")
+@settings(FUZZ, max_examples=120)
+@given(data=st.data())
+def test_edited_manifests_never_give_a_traceback(data):
+    import json
+
+    from models.trace import manifest_hash
+
+    src = TRACE_DIR[0]
+    meta = json.loads((src / "manifest.json").read_text())
+    work = Path(tempfile.mkdtemp(prefix="fuzz_manifest_"))
+    try:
+        folder = work / "t"
+        shutil.copytree(src, folder)
+        for key, value in data.draw(manifest_edits(sorted(meta)), "edits"):
+            if value == "<DELETE>":
+                meta.pop(key, None)
+            else:
+                meta[key] = value
+        if data.draw(st.booleans(), "rehash"):  # a careful forger recomputes the hash; a careless one does not
+            meta["manifest_sha256"] = manifest_hash(meta)
+        (folder / "manifest.json").write_text(json.dumps(meta))
+        view = data.draw(st.sampled_from(["model", "head", "neuron", "mask", "metrics", "qk", "image"]), "view")
+        argv = ["render", str(folder), "--view", view, "--out", str(work / "o.json")]
+        rc, stderr = run_main(argv)
+        assert_clean_exit(rc, stderr, (argv, meta))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

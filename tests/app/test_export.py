@@ -594,3 +594,84 @@ def test_query_forms(vit_data, text_data):
         ex.parse_query("a,b")
     with pytest.raises(ViewError, match="outside"):
         build_view("image", vit_data, {"query": [9, 9]})
+
+
+# -- issue 15: one figure in several formats shares its data; kills leave nothing half-written --------------
+def test_one_figure_in_two_formats_shares_its_data(model_dir, tmp_path, capsys):
+    base = ["export", "--model", str(model_dir), "--text", tiny.TEXT, "--view", "head", "--layer", "1"]
+    assert main([*base, "--format", "png", "--out", str(tmp_path / "fig.png")]) == 0, capsys.readouterr().err
+    data = {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in (tmp_path / "fig.data").rglob("*")}
+    assert main([*base, "--format", "svg", "--out", str(tmp_path / "fig.svg")]) == 0, capsys.readouterr().err
+    assert {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in (tmp_path / "fig.data").rglob("*")} == data
+    ET.fromstring((tmp_path / "fig.svg").read_bytes())
+    # different data under the same name needs --force, and says so in one line
+    other = [*base[:5], "--variant", "sliding_window:w=2", *base[5:], "--out", str(tmp_path / "fig.html")]
+    assert main(other) == 1
+    err = capsys.readouterr().err
+    assert err.count("attnscope: error:") == 1 and "fig.data already exists and holds other data; pass --force" in err
+    assert not (tmp_path / "fig.html").exists()
+    assert main([*other, "--force"]) == 0
+    assert json.loads((tmp_path / "fig.data" / "manifest.json").read_text())["variant"].startswith("sliding_window")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+KILL_AT = """
+import os, signal, sys
+import models.atomic as atomic
+point, sig, where, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+real = {"rename": os.rename, "link": os.link}
+def stop(name):
+    def call(*a, **k):
+        if name == point and str(a[1]).startswith(where):
+            os.kill(os.getpid(), sig)
+        return real[name](*a, **k)
+    return call
+atomic.os.rename = stop("rename")  # the data folder moving into place
+atomic.os.link = stop("link")  # the figure appearing under its name
+from app.cli import main
+sys.exit(main(argv))
+"""
+
+
+@pytest.mark.parametrize("point", ["rename", "link"])
+def test_an_export_killed_midway_leaves_no_figure_without_data_and_nothing_hidden(model_dir, tmp_path, point):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "fig.html"
+    argv = ["export", "--model", str(model_dir), "--text", tiny.TEXT, "--view", "head", "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-c", KILL_AT, point, str(int(signal.SIGKILL)), str(tmp_path), *argv],
+                          env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not out.exists() or (tmp_path / "fig.data" / "view.json").is_file()  # never a figure without its data
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # SIGKILL: hidden work left behind...
+    assert main(argv) == 0  # ...until the next run writes here: it cleans up and completes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.data", "fig.html"]
+    # SIGTERM (a timeout, a plain `kill`) is caught: the writer removes its own temporaries
+    out.unlink()
+    proc = subprocess.run([sys.executable, "-c", KILL_AT, "link", str(int(signal.SIGTERM)), str(tmp_path), *argv],
+                          env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.data"]
+
+
+def test_compare_export_checks_both_traces_against_the_budget(model_dir, tmp_path, capsys, monkeypatch):
+    """A comparison holds two traces at once: refused before either runs when only one would fit."""
+    from models.memory import GB, trace_estimate
+    from models.registry import load
+    from models.tracer import encode
+
+    lm = load(str(model_dir))
+    n = encode(lm, text=tiny.TEXT).ctx.n
+    one, two = (trace_estimate(lm, n, dense=True, qk=True, traces=k).total for k in (1, 2))
+    assert two > one
+    monkeypatch.setenv("ATTNSCOPE_MEMORY_BUDGET_GB", str((one + two) / 2 / GB))
+    import models.tracer
+
+    monkeypatch.setattr(models.tracer, "trace", _no_model)
+    argv = ["export", "--model", str(model_dir), "--text", tiny.TEXT, "--variant", "sliding_window:w=2",
+            "--view", "compare", "--out", str(tmp_path / "c.html")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("attnscope: error:") == 1 and "2 traces of this input needs about" in err

@@ -27,6 +27,12 @@ def test_truncation_says_how_many_were_dropped(gpt2):
     assert short.n == 50 and short.attention(0).shape == (4, 50, 50)
 
 
+@pytest.mark.parametrize("max_tokens", [0, -5])
+def test_max_tokens_below_one_is_refused(gpt2, max_tokens):
+    with pytest.raises(InputError, match=f"must be at least 1, got {max_tokens}"):
+        trace(gpt2, text="word " * 10, max_tokens=max_tokens)
+
+
 def test_images_of_any_mode_are_taken_and_resizing_is_said(tmp_path):
     import io
 
