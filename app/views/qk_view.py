@@ -79,9 +79,9 @@ def _points(emb, idx, text, symbols, size, marker, name) -> go.BaseTraceType:
     return cls(x=c[:, 0], y=c[:, 1], **common)
 
 
-def point_at(fig_point: dict) -> int | None:
+def point_at(fig_point: dict | None) -> int | None:
     """Embedding index of a clicked point of `scatter`, None for anything else."""
-    data = fig_point.get("customdata")
+    data = (fig_point or {}).get("customdata")
     if isinstance(data, list | tuple):
         data = data[0] if data else None
     return int(data) if isinstance(data, int | float) else None

@@ -12,8 +12,21 @@ FONT = dict(family="Helvetica, Arial, sans-serif", size=14)
 TITLE_SIZE = 16
 MIN_TITLE_SIZE = 12
 DEFAULT_WIDTH = 700  # what plotly (and the static export) draws when a figure sets no width
+TITLE_FIT = 460  # titles fit this width: the app stretches figures to their column, half of a 1400-px window
 CHAR_EM = 0.56  # mean advance of a Helvetica character, in em: enough to tell whether a title fits
 SEP = " · "
+
+
+def translucent(scale: str, alpha: float) -> list[list]:
+    """A named plotly colour scale with every colour at opacity `alpha` (for overlays: the colour bar then
+    shows the colours actually laid over the picture)."""
+    from plotly.colors import get_colorscale, hex_to_rgb
+
+    out = []
+    for pos, colour in get_colorscale(scale):
+        r, g, b = hex_to_rgb(colour) if colour.startswith("#") else (int(float(v)) for v in colour[4:-1].split(","))
+        out.append([pos, f"rgba({r},{g},{b},{alpha:.3g})"])
+    return out
 
 
 def title(trace, what: str) -> str:
@@ -44,7 +57,7 @@ def fit_title(heading: str, width: int | None) -> tuple[str, int, int]:
 
     A break never falls between 'layer N' and 'head M', so the title keeps saying 'layer N · head M'.
     """
-    avail = (width or DEFAULT_WIDTH) - 40
+    avail = min(width or DEFAULT_WIDTH, TITLE_FIT) - 40
     size = TITLE_SIZE
     while size > MIN_TITLE_SIZE and _text_px(heading, size) > avail:
         size -= 1
