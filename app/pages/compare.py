@@ -39,7 +39,10 @@ if st.session_state.get("cmp_request") != request:
     tr = session.traced()
     if tr is not None:
         layer, head = session.pick_layer_head(tr, page="compare")
-        st.plotly_chart(head_heatmap(tr, layer, head), key="cmp_current")
+        left, _ = st.columns(2)
+        with left:
+            st.plotly_chart(head_heatmap(tr, layer, head), key="cmp_current")
+            download_buttons(None, tr, "head", selection={"layer": layer, "head": head}, key="cmp_current")
     st.stop()
 
 a = session.traced(variant=a_spec)

@@ -9,7 +9,7 @@ from analysis.rollout import REDUCTIONS, RESIDUAL
 from app import session
 from app.export_buttons import download_buttons
 from app.plot_events import plot_events
-from app.views.image_view import attention_overlay, cell_at, rollout_overlay
+from app.views.image_view import OPACITY, attention_overlay, cell_at, rollout_overlay
 
 CHARTS = ("image_attn", "image_rollout")
 
@@ -59,7 +59,8 @@ kind = c2.radio("Query", queries, horizontal=True, key="image_query",
 row = c3.slider("Patch row", 0, rows - 1, key="image_row", disabled=kind != "patch")
 col = c3.slider("Patch column", 0, cols - 1, key="image_col", disabled=kind != "patch")
 per_head = c4.radio("Heads", ["each head", "mean"], key="image_mode") == "each head"
-opacity = c4.slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05, key="image_opacity")
+opacity = c4.slider("Overlay opacity", 0.0, 1.0, OPACITY, 0.05, key="image_opacity",
+                    help="below 1 the pixels show through and mix with the colours; the colour bar shows them unmixed")
 query = "cls" if kind == "CLS" else (int(row), int(col))
 
 try:

@@ -1,8 +1,9 @@
 """Image view (ViT): a query's attention over the patch grid, overlaid on the pixels the model saw.
 
 The query is the CLS token or one patch. Its attention row over the patch tokens is reshaped
-to the grid and drawn, one cell per patch (over that patch's pixels), as a semi-transparent
-heatmap over `trace.image`: per head as small multiples plus the head mean, or the mean alone.
+to the grid and drawn, one cell per patch (over that patch's pixels), as a heatmap over
+`trace.image` (opaque by default, so its colours are the colour bar's), next to the image
+alone: per head as small multiples plus the head mean, or the mean alone.
 The rollout map (analysis.rollout) is drawn the same way. A chosen query patch is outlined.
 Colour is the raw probability (not renormalised over the patches): what the query puts on
 special tokens (CLS itself, registers) is named in each panel's title.
@@ -17,9 +18,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.rollout import RESIDUAL, grid_rollout, patch_tokens, to_grid
-from app.views.style import SEQUENTIAL, finish, title, translucent
+from app.views.style import SEQUENTIAL, finish, title
 
-OPACITY = 0.6
+OPACITY = 1.0  # the overlay's colours are the colour bar's; lower it to see the pixels through them
 Query = int | tuple[int, int] | str  # "cls", a (row, col) patch, or a token index
 
 
@@ -92,33 +93,32 @@ def cell_at(trace, x: float, y: float) -> tuple[int, int]:
 def overlay_figure(trace, maps: np.ndarray, names: list[str], heading: str, *, query: Query | None = None,
                    opacity: float = OPACITY, cols: int = 6, shared_scale: bool = True,
                    colorbar_title: str = "p") -> go.Figure:
-    """Small multiples: each (rows, cols) map laid over the image, one cell per patch; the query patch outlined.
+    """Small multiples: the image alone, then each (rows, cols) map laid over it, one cell per patch (over that
+    patch's pixels, so the figure does not grow with the image); the query patch outlined.
 
-    Each panel is a go.Image of trace.image plus a go.Heatmap at patch resolution whose cell edges are the
-    patches' pixel edges (so the figure's size does not grow with the image's); its colours carry the
-    opacity, so the colour bar shows the very colours laid over the pixels. customdata is each cell's
-    (row, col), for clicks.
+    At opacity 1 (the default) every colour is exactly the colour bar's; below 1 the pixels show through and
+    mix with it. customdata is each cell's (row, col), for clicks.
     """
     image = _image(trace)
     h, w = image.shape[:2]
     rows, grid_cols = trace.grid
     maps = np.asarray(maps, dtype=np.float32).reshape(-1, rows, grid_cols)
-    n = len(maps)
+    n = len(maps) + 1  # the image alone comes first
     ncols = -(-n // -(-n // cols))  # rows of (almost) equal length: 5 panels in one row, 13 as 5 + 5 + 3
     nrows = -(-n // ncols)
-    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=names, horizontal_spacing=0.02,
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=["the image", *names], horizontal_spacing=0.02,
                         vertical_spacing=0.08 if nrows > 1 else 0.0)
     zmax = float(maps.max()) if shared_scale else None
     where = np.stack(np.meshgrid(np.arange(rows), np.arange(grid_cols), indexing="ij"), axis=-1).astype(np.int16)
     patch = query_patch(trace, query) if query is not None else None
-    scale = translucent(SEQUENTIAL, opacity)
+    fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=1, col=1)
     for i, grid_map in enumerate(maps):
-        r, c = divmod(i, ncols)
+        r, c = divmod(i + 1, ncols)
         r, c = r + 1, c + 1
         fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=r, col=c)
         fig.add_trace(go.Heatmap(
-            z=grid_map, x=patch_edges(w, grid_cols), y=patch_edges(h, rows), customdata=where, colorscale=scale,
-            zmin=0, zmax=zmax if shared_scale else float(grid_map.max()) or 1.0,
+            z=grid_map, x=patch_edges(w, grid_cols), y=patch_edges(h, rows), customdata=where, colorscale=SEQUENTIAL,
+            opacity=opacity, zmin=0, zmax=zmax if shared_scale else float(grid_map.max()) or 1.0,
             showscale=(i == 0) if shared_scale else False, name=names[i],
             colorbar=dict(title=colorbar_title, thickness=12),
             hovertemplate="patch (%{customdata[0]}, %{customdata[1]})<br>%{z:.4f}<extra>" + names[i] + "</extra>",
@@ -131,6 +131,7 @@ def overlay_figure(trace, maps: np.ndarray, names: list[str], heading: str, *, q
     for i in range(n):  # every panel keeps the image's aspect ratio
         r, c = divmod(i, ncols)
         fig.update_yaxes(scaleanchor=f"x{i + 1 if i else ''}", row=r + 1, col=c + 1)
+    fig.update_annotations(font_size=11)  # panel titles: six to a row still fit a half-page column
     panel = 260 if ncols > 1 else 520
     return finish(fig, heading, width=min(1200, 60 + ncols * panel), height=110 + nrows * (panel + 30))
 

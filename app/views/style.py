@@ -17,18 +17,6 @@ CHAR_EM = 0.56  # mean advance of a Helvetica character, in em: enough to tell w
 SEP = " · "
 
 
-def translucent(scale: str, alpha: float) -> list[list]:
-    """A named plotly colour scale with every colour at opacity `alpha` (for overlays: the colour bar then
-    shows the colours actually laid over the picture)."""
-    from plotly.colors import get_colorscale, hex_to_rgb
-
-    out = []
-    for pos, colour in get_colorscale(scale):
-        r, g, b = hex_to_rgb(colour) if colour.startswith("#") else (int(float(v)) for v in colour[4:-1].split(","))
-        out.append([pos, f"rgba({r},{g},{b},{alpha:.3g})"])
-    return out
-
-
 def title(trace, what: str) -> str:
     """'<model> · <variant> · <what>' — every figure names what it shows."""
     return f"{trace.model_id}{SEP}{trace.variant}{SEP}{what}"

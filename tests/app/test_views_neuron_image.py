@@ -152,12 +152,13 @@ def test_attention_overlay_shapes_values_and_marker():
     fig = iv.attention_overlay(tr, 1, (1, 2))
     images = [t for t in fig.data if t.type == "image"]
     maps = [t for t in fig.data if t.type == "heatmap"]
-    assert len(images) == len(maps) == tr.n_heads + 1  # each head and the mean
+    assert len(maps) == tr.n_heads + 1 and len(images) == len(maps) + 1  # the image alone, each head, the mean
     for img, m in zip(images, maps):
         assert np.asarray(img.z).shape == tr.image.shape
         assert np.asarray(m.z).shape == (2, 3)  # one cell per patch, laid over its pixels
         assert list(m.x) == [-0.5, 4.5, 9.5, 14.5] and list(m.y) == [-0.5, 4.5, 9.5]
-        assert all(c[1].startswith("rgba(") and c[1].endswith(",0.6)") for c in m.colorscale)  # bar = overlay
+        assert m.opacity == 1  # by default the colours are exactly the colour bar's
+    assert iv.attention_overlay(tr, 1, (1, 2), opacity=0.4).data[2].opacity == 0.4
     np.testing.assert_allclose(maps[0].z, grid[0], rtol=1e-6)
     np.testing.assert_allclose(maps[-1].z, grid.mean(0), rtol=1e-6)
     rects = [s for s in fig.layout.shapes if s.type == "rect"]
@@ -172,12 +173,12 @@ def test_attention_overlay_shapes_values_and_marker():
 def test_cls_query_mean_only_and_rollout():
     tr = vit_trace(grid=(3, 2), image_hw=(7, 8))
     fig = iv.attention_overlay(tr, 0, "cls", per_head=False)
-    assert [t.type for t in fig.data] == ["image", "heatmap"]
+    assert [t.type for t in fig.data] == ["image", "image", "heatmap"]
     assert not fig.layout.shapes  # CLS has no patch to outline
-    np.testing.assert_allclose(fig.data[1].z, tr.attention(0)[:, 0, 1:].mean(0).reshape(3, 2), rtol=1e-6)
+    np.testing.assert_allclose(fig.data[2].z, tr.attention(0)[:, 0, 1:].mean(0).reshape(3, 2), rtol=1e-6)
     assert iv.query_token(tr, "cls") == 0 and iv.query_token(tr, (2, 1)) == 6 and iv.query_patch(tr, 3) == (1, 0)
     roll = iv.rollout_overlay(tr, (0, 1), residual=0.3)
-    np.testing.assert_allclose(roll.data[1].z, grid_rollout(tr, 2, residual=0.3), rtol=1e-6)
+    np.testing.assert_allclose(roll.data[2].z, grid_rollout(tr, 2, residual=0.3), rtol=1e-6)
     assert len(roll.layout.shapes) == 1
     with pytest.raises(ValueError, match="outside"):
         iv.query_token(tr, (3, 0))
@@ -198,5 +199,5 @@ def test_image_view_tiny_vit():
     r = fig.layout.shapes[0]
     assert (r.x0, r.x1) == (-0.5, w / 4 - 0.5) and (r.y0, r.y1) == (3 * h / 4 - 0.5, h - 0.5)
     roll = iv.rollout_overlay(tr)
-    assert np.asarray(roll.data[1].z).shape == (4, 4) and roll.data[1].x[-1] == w - 0.5
+    assert np.asarray(roll.data[2].z).shape == (4, 4) and roll.data[2].x[-1] == w - 0.5
     assert grid_rollout(tr).sum() < 1  # part of the CLS row stays on CLS itself

@@ -15,11 +15,13 @@ from ui import (
     full_screenshot,
     new_page,
     open_page,
+    overlapping_labels,
     pick,
     pick_model,
     start,
     wait_idle,
     wait_plots,
+    widget_input,
 )
 
 pytestmark = pytest.mark.e2e
@@ -46,18 +48,19 @@ def test_every_page_shows_a_figure_on_arrival(server, browser, artifacts, preset
         wait_plots(page, 1)
         assert_clean(page, f"{model}: {title}")
         assert not clipped_titles(page), f"{model}: {title}: {clipped_titles(page)}"
+        assert not overlapping_labels(page), f"{model}: {title}: {overlapping_labels(page)}"
         full_screenshot(page, artifacts / f"arrival_{model}_{slug(title)}.png")
     page.context.close()
 
 
-# README picture → (preset, sidebar variant, what to do on the page)
+# README picture → (preset, sidebar variant and parameters, what to do on the page)
 README = {
     "Model view": ("smollm2-135m (causal)", None, None),
     "Head view": ("minilm (bidirectional)", None, None),
     "Neuron view": ("minilm (bidirectional)", None, None),
     "Image view": ("digits-vit (vit)", None, None),
-    "Mask lab": ("digits-vit (vit)", "window_2d", None),
-    "Compare": ("minilm (bidirectional)", None, "compare"),
+    "Mask lab": ("digits-vit (vit)", ("window_2d", {"M": "2"}), None),
+    "Compare": ("smollm2-135m (causal)", None, "compare"),
     "Head metrics": ("smollm2-135m (causal)", None, None),
     "Query–key explorer": ("minilm (bidirectional)", None, None),
     "Quality lens": ("smollm2-135m (causal)", None, None),
@@ -74,14 +77,20 @@ def test_readme_screenshots(server, browser, artifacts):
         if preset != current:
             pick_model(page, preset)
             current = preset
-        pick(page, "Variant", variant or "full")
+        name, params = variant or ("full", {})
+        pick(page, "Variant", name)
+        for param, value in params.items():
+            box = widget_input(page, f"variant_{name}_{param}")
+            box.fill(value)
+            box.press("Enter")
+            wait_idle(page)
         open_page(page, title)
         if action == "compare":
             page.get_by_role("button", name="Compare", exact=True).click()
             page.locator(".st-key-cmp_output .js-plotly-plot").wait_for(timeout=TIMEOUT)
         wait_plots(page, 1)
-        wait_idle(page)
         assert_clean(page, title)
         assert not clipped_titles(page), f"{title}: {clipped_titles(page)}"
+        assert not overlapping_labels(page), f"{title}: {overlapping_labels(page)}"
         full_screenshot(page, out / f"page_{slug(title)}.png")
     page.context.close()

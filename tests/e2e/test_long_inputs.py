@@ -10,7 +10,19 @@ import re
 from pathlib import Path
 
 import pytest
-from ui import TIMEOUT, assert_clean, new_page, numbers, open_page, pick_model, point_px, set_text, start, wait_plots
+from ui import (
+    TIMEOUT,
+    assert_clean,
+    full_screenshot,
+    new_page,
+    numbers,
+    open_page,
+    pick_model,
+    point_px,
+    set_text,
+    start,
+    wait_plots,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +64,7 @@ def wait_tile_change(page, before: tuple[range, range]) -> tuple[range, range]:
     return tile_of(page)
 
 
-def test_a_click_or_a_zoom_on_the_pooled_map_opens_that_tile(server, browser):
+def test_a_click_or_a_zoom_on_the_pooled_map_opens_that_tile(server, browser, artifacts):
     """Item 6: the pooled map's axes read token positions; a click on a tile, then a zoom box, each open the
     exact attention of that region, labelled with its tokens."""
     page = new_page(browser, height=1400)
@@ -86,3 +98,4 @@ def test_a_click_or_a_zoom_on_the_pooled_map_opens_that_tile(server, browser):
     labels = page.evaluate("() => Array.from(document.querySelector('.st-key-head_tile .js-plotly-plot').data[0].y)")
     assert len(labels) == len(queries2) and labels[0].startswith(f"{queries2.start} ")  # token labels
     assert_clean(page, "head view, long input")
+    full_screenshot(page, artifacts / "long_input_head_view.png")

@@ -112,6 +112,16 @@ def clipped_titles(page) -> list[str]:
     })""")
 
 
+def overlapping_labels(page) -> list[str]:
+    """Panel titles (plotly annotations) of one figure that overlap each other on screen."""
+    return page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(g => {
+        const boxes = [...g.querySelectorAll('.annotation-text')].map(a => [a.textContent, a.getBoundingClientRect()]);
+        return boxes.flatMap(([t, a], i) => boxes.slice(i + 1).filter(([, b]) =>
+            a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1)
+            .map(([u]) => t + ' / ' + u));
+    })""")
+
+
 def full_screenshot(page, path) -> None:
     """The whole page: Streamlit scrolls its main block, so the window is made as tall as the content first."""
     height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
