@@ -74,12 +74,13 @@ with left:
 n_prefix = int(ctx.special.sum()) if ctx.kind == "vit" else 0
 if ctx.kind == "vit":
     st.subheader("On the image grid")
-    r = st.slider("Query row", 0, ctx.grid[0] - 1, ctx.grid[0] // 2, key="lab_qr")
-    c = st.slider("Query column", 0, ctx.grid[1] - 1, ctx.grid[1] // 2, key="lab_qc")
-    use_cls = st.checkbox("Query = CLS instead", key="lab_cls")
+    controls, picture = st.columns([1, 2])
+    r = controls.slider("Query row", 0, ctx.grid[0] - 1, ctx.grid[0] // 2, key="lab_qr")
+    c = controls.slider("Query column", 0, ctx.grid[1] - 1, ctx.grid[1] // 2, key="lab_qc")
+    use_cls = controls.checkbox("Query = CLS instead", key="lab_cls")
     query = 0 if use_cls else n_prefix + r * ctx.grid[1] + c
-    st.plotly_chart(grid_figure(keep_h[query], tuple(ctx.grid), n_prefix, query, spec,
-                                None if bias_h is None else bias_h[query]), key="lab_grid")
+    picture.plotly_chart(grid_figure(keep_h[query], tuple(ctx.grid), n_prefix, query, spec,
+                                     None if bias_h is None else bias_h[query]), key="lab_grid")
 st.subheader("FlexAttention")
 sizes = dict(n=ctx.n, n_heads=ctx.n_heads)
 if ctx.kind == "vit":

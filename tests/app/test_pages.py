@@ -73,6 +73,7 @@ def test_compare_traces_on_request_and_shows_output_change(preset):
     assert "Top-1 agreement" in labels and "KL of the output" in labels
     assert len(charts(at)) == 3
     assert at.radio(key="cmp_which").value == "moved"  # the default per-head change: attention moved
+    assert len(at.get("download_button")) >= 3 * 6  # the maps, the per-head change and the outputs
 
 
 @pytest.mark.parametrize("preset", ["minilm"], indirect=True)

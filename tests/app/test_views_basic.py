@@ -89,3 +89,14 @@ def test_head_heatmap_labels_and_values():
 def test_token_labels_unique_and_clipped():
     labels = token_labels(["a", "a", "x" * 40])
     assert len(set(labels)) == 3 and labels[2].endswith("…") and len(labels[2]) <= 17
+
+
+def test_token_lines_have_a_colour_key_per_head_and_downloads_name_them():
+    from app.export_buttons import _stem
+    from app.views.head_view import HEAD_COLOURS, token_lines
+
+    fig = token_lines(synthetic_trace(), 1, [0, 1], threshold=0.9)  # few lines: some heads may have none
+    keys = [t for t in fig.data if t.showlegend is not False and t.name and t.name.startswith("head ")]
+    assert [(t.name, t.line.color) for t in keys] == [("head 0", HEAD_COLOURS[0]), ("head 1", HEAD_COLOURS[1])]
+    assert fig.layout.showlegend
+    assert _stem("lines", {"layer": 1, "head": "0+1", "query": None}) == "lines_L1_H0_1"

@@ -5,9 +5,11 @@ Waits use Playwright's auto-waiting on the page's own state (a figure drawn, the
 
 from __future__ import annotations
 
+import os
 import re
 
-TIMEOUT = 240_000  # ms: a model's first load and a long trace on a busy 2-core machine
+# ms: a model's first load and a long trace on a busy 2-core machine (lower it to see failures sooner)
+TIMEOUT = int(os.environ.get("ATTNSCOPE_E2E_TIMEOUT_MS", "240000"))
 WIDTH = 1400  # the README's screenshots are taken at this width
 
 IDLE_JS = """() => !document.querySelector('[data-testid="stStatusWidget"]')
