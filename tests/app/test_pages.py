@@ -174,3 +174,32 @@ def test_a_request_over_the_memory_budget_is_one_line_and_others_carry_on(preset
     small = open_page("pages/model_view.py", preset)  # another session, the short example, same budget
     ok(small)
     assert len(charts(small)) >= 2
+
+
+@pytest.mark.parametrize("preset", ["digits-vit"], indirect=True)
+def test_quality_lens_opens_on_the_shipped_sweep_and_keeps_finished_points_on_stop(preset, monkeypatch):
+    """Items 13 and 7: the shipped sweep on arrival; the user's sweep point by point, and a Stop in the
+    middle keeps the finished points (and does not restart)."""
+    import analysis.quality as quality
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    at = open_page("pages/quality.py", preset)
+    ok(at)
+    assert len(charts(at)) == 2 and any("sweep_digits_vit.json" in c.value for c in at.caption)  # curve + damage
+    real, calls = quality.sweep, []
+
+    def stop_on_the_second_point(lm, specs, **kw):
+        calls.append(specs)
+        if len(calls) == 2:
+            raise StopException()  # what Streamlit raises in the script when the user presses Stop
+        return real(lm, specs, **kw)
+
+    monkeypatch.setattr(quality, "sweep", stop_on_the_second_point)
+    at.text_area(key="q_specs").set_value("full\nwindow_2d:M=2|4")
+    at.number_input(key="q_limit").set_value(4)
+    at.button(key="q_run").click().run()
+    at.run()  # the next run, after the Stop
+    assert not at.exception and calls == [["full"], ["window_2d:M=2"]]
+    assert any("Stopped: 1 of 3 points" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert [r["variant"] for r in at.dataframe[0].value.to_dict("records")] == ["full"]
+    assert len(calls) == 2  # nothing restarted by itself
