@@ -180,8 +180,9 @@ def test_a_request_over_the_memory_budget_is_one_line_and_others_carry_on(preset
 def test_quality_lens_opens_on_the_shipped_sweep_and_keeps_finished_points_on_stop(preset, monkeypatch):
     """Items 13 and 7: the shipped sweep on arrival; the user's sweep point by point, and a Stop in the
     middle keeps the finished points (and does not restart)."""
-    import analysis.quality as quality
     from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    import analysis.quality as quality
 
     at = open_page("pages/quality.py", preset)
     ok(at)
