@@ -28,22 +28,13 @@ def payload(fig) -> int:
     return len(pio.to_json(fig, validate=False))
 
 
-def long_text(lm, n: int) -> str:
-    from analysis.quality import PERPLEXITY_TEXT
-
-    para = PERPLEXITY_TEXT.read_text()
-    text = para
-    while len(lm.encode_text(text).tokens) < n:
-        text += "\n\n" + para
-    return text
-
-
 def text_views(lm, n: int) -> dict[str, int]:
     from analysis.compare import compare
     from analysis.tiles import tile
     from app.views import catalog
     from app.views.compare_view import output_figure, per_head
     from app.views.head_view import MAX_LINES_N, tile_heatmap, token_lines
+    from bench.bench_cpu import long_text
     from models.tracer import trace
 
     text = long_text(lm, n)
