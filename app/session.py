@@ -109,8 +109,13 @@ def preload() -> None:
         sel = default_selection()
         if sel.kind is None:
             get_model(sel.model_id)
-        else:
-            _trace_of(sel, sel.variant)
+        else:  # the trace, and the figures and modules the first page (the Model view) draws with
+            from app.views.head_view import head_heatmap
+            from app.views.model_grid import model_grid
+
+            tr = _trace_of(sel, sel.variant)
+            memo(tr, "model_grid", lambda: model_grid(tr))
+            head_heatmap(tr, 0, 0)
         log.info("preloaded %s in %.1f s", sel.model_id, time.perf_counter() - t0)
     except Exception:  # the first page shows the same error to the user, in one line
         log.exception("preloading %s failed", DEFAULT_MODEL)
