@@ -42,7 +42,8 @@ def curve_groups(rows: list[dict]) -> dict[str, list[dict]]:
 
 def tradeoff_figure(rows: list[dict], *, y: str = "value", x: str = "sparsity", log_y: bool | None = None,
                     heading: str | None = None) -> go.Figure:
-    """Metric (`value`, or any numeric column) against sparsity, one line per variant family;
+    """Metric (`value`, or any numeric column) against the fraction of scores kept (`sparsity` in the rows),
+    one line per variant family;
     `full` as a dashed horizontal reference."""
     metric = rows[0]["metric"] if rows else None
     y_name = metric if y == "value" else y
