@@ -35,19 +35,21 @@ def bias_matrix(variant: Variant, ctx: TokenContext) -> np.ndarray | None:
     return score_mod(zeros, b, h, qi, kj)[0].numpy()
 
 
-def sparsity(keep: np.ndarray, causal: bool) -> float:
-    """Fraction of the scores the model would compute (its own causal triangle) that the mask drops."""
+def kept(keep: np.ndarray, causal: bool) -> float:
+    """Fraction of the pairs the model itself computes (its causal triangle for a decoder, else every pair)
+    that the mask keeps: the one denominator the app and the quality lens use."""
     n = keep.shape[-1]
     possible = n * (n + 1) / 2 if causal else n * n
-    return float(1.0 - keep.sum((-1, -2)).mean() / possible)
+    return float(keep.sum((-1, -2)).mean() / possible)
 
 
-def block_sparsity(keep: np.ndarray, block: int, causal: bool) -> float:
-    """Fraction of block×block tiles with no kept entry: the work a block-sparse kernel skips."""
+def blocks_kept(keep: np.ndarray, block: int, causal: bool) -> float:
+    """Fraction of the block×block tiles the model computes that hold a kept pair: the work a block-sparse
+    kernel does (1 − this is what it skips)."""
     n = keep.shape[-1]
     nb = -(-n // block)
     pad = nb * block - n
     k = np.pad(keep, [(0, 0), (0, pad), (0, pad)])
     tiles = k.reshape(k.shape[0], nb, block, nb, block).any((2, 4))
     possible = nb * (nb + 1) / 2 if causal else nb * nb
-    return float(1.0 - tiles.sum((-1, -2)).mean() / possible)
+    return float(tiles.sum((-1, -2)).mean() / possible)

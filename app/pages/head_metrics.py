@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from analysis.head_metrics import METRICS, trace_head_metrics
+from analysis.head_metrics import METRICS, trace_head_metrics, why_no_previous_token
 from app import session
 from app.export_buttons import download_buttons
 from app.views.quality_view import head_heatmap
@@ -23,7 +23,10 @@ def induction_scores(model_id: str) -> np.ndarray:
 
 
 if tr is not None:
-    metrics = trace_head_metrics(tr)
+    metrics = session.memo(tr, "head_metrics", lambda: trace_head_metrics(tr))
+    missing = why_no_previous_token(tr)
+    if missing and tr.kind != "vit":
+        st.caption(f"No previous-token score: {missing}.")
     cols = st.columns(2)
     for i, (name, values) in enumerate(metrics.items()):
         with cols[i % 2]:

@@ -4,33 +4,29 @@ from __future__ import annotations
 
 import streamlit as st
 
+from analysis.compare import prediction
 from analysis.rollout import REDUCTIONS, RESIDUAL
 from app import session
 from app.export_buttons import download_buttons
-from app.views.image_view import attention_overlay, cell_at, rollout_overlay
+from app.plot_events import plot_events
+from app.views.image_view import OPACITY, attention_overlay, cell_at, rollout_overlay
 
 CHARTS = ("image_attn", "image_rollout")
 
 
 def clicked(tr) -> tuple[int, int] | None:
-    """The patch of a new click on either overlay (once per click), read before the widgets it sets exist."""
-    for key in CHARTS:
-        event = st.session_state.get(key)
-        points = (event or {}).get("selection", {}).get("points", []) if event else []
-        if not points:
+    """The patch of a new click on either overlay, read before the widgets it sets exist."""
+    picked = None
+    for key in CHARTS:  # every chart's events are read (each is one component), the first click wins
+        p = plot_events(key).click
+        if p is None or picked is not None:
             continue
-        p = points[0]
         data = p.get("customdata")
-        if data is not None and len(data) == 2:
-            cell = int(data[0]), int(data[1])
-        elif "x" in p and "y" in p:
-            cell = cell_at(tr, p["x"], p["y"])
-        else:
-            continue
-        if st.session_state.get(f"{key}_seen") != cell:
-            st.session_state[f"{key}_seen"] = cell
-            return cell
-    return None
+        if isinstance(data, list) and len(data) == 2:
+            picked = int(data[0]), int(data[1])
+        elif isinstance(p.get("x"), int | float) and isinstance(p.get("y"), int | float):
+            picked = cell_at(tr, p["x"], p["y"])
+    return picked
 
 
 st.header("Image view")
@@ -63,15 +59,19 @@ kind = c2.radio("Query", queries, horizontal=True, key="image_query",
 row = c3.slider("Patch row", 0, rows - 1, key="image_row", disabled=kind != "patch")
 col = c3.slider("Patch column", 0, cols - 1, key="image_col", disabled=kind != "patch")
 per_head = c4.radio("Heads", ["each head", "mean"], key="image_mode") == "each head"
-opacity = c4.slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05, key="image_opacity")
+opacity = c4.slider("Overlay opacity", 0.0, 1.0, OPACITY, 0.05, key="image_opacity",
+                    help="below 1 the pixels show through and mix with the colours; the colour bar shows them unmixed")
 query = "cls" if kind == "CLS" else (int(row), int(col))
 
 try:
     fig = attention_overlay(tr, layer, query, per_head=per_head, opacity=opacity)
-except ValueError as exc:
-    session.show_error(exc)
+except ValueError as exc:  # phrased for the user (app.views.image_view)
+    st.error(str(exc))
     st.stop()
-st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="image_attn")
+said = prediction(tr)
+if said:
+    st.caption(said)
+st.plotly_chart(fig, key="image_attn")
 st.download_button("Figure (HTML)", lambda: fig.to_html(include_plotlyjs=True), f"image_L{layer}.html")
 download_buttons(fig, tr, "image", selection={"layer": layer, "query": query, "per_head": per_head, "opacity": opacity})
 
@@ -85,8 +85,8 @@ residual = r1.slider("Residual weight w", 0.0, 1.0, RESIDUAL, 0.05, key="image_r
 reduce = r2.selectbox("Heads reduced by", list(REDUCTIONS), key="image_reduce")
 try:
     st.plotly_chart(rollout_overlay(tr, query, residual=residual, reduce=reduce, opacity=opacity),
-                    on_select="rerun", selection_mode="points", key="image_rollout")
+                    key="image_rollout")
     download_buttons(None, tr, "image", selection={"mode": "rollout", "query": query, "residual": residual,
                                                    "reduce": reduce, "opacity": opacity}, key="image_rollout")
 except ValueError as exc:
-    session.show_error(exc)
+    st.error(str(exc))

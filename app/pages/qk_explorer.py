@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import io
 
 import streamlit as st
@@ -10,6 +9,7 @@ import streamlit as st
 from analysis import qk_embed as qe
 from app import session
 from app.export_buttons import download_buttons
+from app.plot_events import plot_events
 from app.views import qk_view
 
 METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE (slow)", "umap": "UMAP"}
@@ -41,18 +41,6 @@ def every_head(model_id: str, layer: int, inputs_hash: str, _qks):
     return qe.all_heads(_qks)
 
 
-def clicked(key: str) -> int | None:
-    """customdata of a new click on chart `key` (once per click), read before the widgets it sets exist."""
-    event = st.session_state.get(key)
-    points = (event or {}).get("selection", {}).get("points", []) if event else []
-    value = qk_view.point_at(points[0]) if points else None
-    signature = repr(sorted(points[0].items())) if points else None
-    if value is None or st.session_state.get(f"{key}_seen") == signature:
-        return None
-    st.session_state[f"{key}_seen"] = signature
-    return value
-
-
 def md(text: str) -> str:
     """Plain text safe inside markdown."""
     return "".join("\\" + ch if ch in "\\`*_[]<>#|~$" else ch for ch in text)
@@ -68,19 +56,15 @@ def csv_of(emb) -> bytes:
 
 st.header("Query–key explorer")
 model_id = session.selection().model_id
-if not model_id:
-    st.info("Pick a model in the sidebar.")
-    st.stop()
-try:
-    with st.spinner(f"Loading {model_id}…"):
-        lm = session.get_model(model_id)
-except Exception as exc:
-    session.show_error(exc)
+lm = session.loaded_model()
+if lm is None:
     st.stop()
 
-head_click = clicked("qk_heads")
+# a click in either plot (2D or 3D) is read before the widgets and figures it changes are drawn
+head_click = qk_view.point_at(plot_events("qk_heads").click)
 if head_click is not None and head_click < lm.n_heads:
     st.session_state.qk_head = head_click
+point_click = qk_view.point_at(plot_events("qk_scatter").click)
 for key, top in (("qk_layer", lm.n_layers - 1), ("qk_head", lm.n_heads - 1)):
     if st.session_state.get(key, 0) > top:
         st.session_state[key] = 0
@@ -110,34 +94,24 @@ variant = session.selection().variant  # the sidebar's variant, applied in this 
 st.subheader("Queries and keys in one space")
 st.caption("Keys are translated so their centroid meets the queries' and both are scaled to comparable norms "
            "(AttentionViz): nearby query and key mean high attention. ● query ◆ key.")
-bar = st.progress(0.0, text="Preparing…")
-# Updates run in the page's own context, not the cached function's: Streamlit would record them for
-# replay on a cache hit, and the bar they point to belongs to an earlier run (CacheReplayClosureError).
-outside = contextvars.copy_context()
-
-
-def progress(fraction: float, message: str) -> None:
-    outside.run(bar.progress, min(max(float(fraction), 0.0), 1.0), text=message)
-
-
+n_inputs = len(texts) if texts is not None else digits + len(uploads)
 try:
-    qks = collected(model_id, layer, texts, digits, uploads, _progress=progress)
-    emb = embedded(model_id, layer, qks.inputs_hash, head, method, dims, _qks=qks, _progress=progress)
+    with session.Progress(f"Queries and keys of layer {layer}", "inputs") as progress:
+        qks = collected(model_id, layer, texts, digits, uploads,
+                        _progress=lambda f, _msg: progress(round(f * n_inputs), n_inputs))
+        emb = embedded(model_id, layer, qks.inputs_hash, head, method, dims, _qks=qks, _progress=progress.fraction)
 except Exception as exc:
-    bar.empty()
     session.show_error(exc)
     st.stop()
-bar.empty()
 
 joint, heads = st.tabs(["Joint embedding", "Every head of the layer"])
 with joint:
-    picked = clicked("qk_scatter")
-    if picked is not None:
-        st.session_state.qk_point = picked
+    if point_click is not None and point_click < len(emb):
+        st.session_state.qk_point = point_click
     if st.session_state.get("qk_point", 0) >= len(emb):
         st.session_state.qk_point = 0
     fig = qk_view.scatter(emb, colour, selected=st.session_state.get("qk_point", 0))
-    st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="qk_scatter")
+    st.plotly_chart(fig, key="qk_scatter")
     d1, d2, d3 = st.columns([2, 1, 1])
     point = int(d1.number_input("Selected point (click one in the plot)", 0, len(emb) - 1, key="qk_point"))
     d2.download_button("Figure (HTML)", data=lambda: fig.to_html(include_plotlyjs=True), mime="text/html",
@@ -160,5 +134,4 @@ with joint:
             st.caption("Set a variant in the sidebar to see how this head's map changes under it.")
 with heads:
     st.plotly_chart(qk_view.heads_matrix(every_head(model_id, layer, qks.inputs_hash, _qks=qks),
-                                         selected_head=head),
-                    on_select="rerun", selection_mode="points", key="qk_heads")
+                                         selected_head=head), key="qk_heads")

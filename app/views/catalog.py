@@ -344,7 +344,7 @@ def _mask_build(data, sel):
     head = sel["head"]
     keep_h = keep[min(head, keep.shape[0] - 1)]
     bias_h = None if bias is None else bias[head]
-    return mask_figure(keep_h, bias_h, sel["variant"], tr.tokens)
+    return mask_figure(keep_h, bias_h, sel["variant"], tr.tokens, causal=tr.kind == "causal")
 
 
 # -- compare ---------------------------------------------------------------------------------------------

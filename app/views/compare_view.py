@@ -6,17 +6,21 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.views.head_view import token_labels
-from app.views.model_grid import layer_maps
+from app.views.head_view import span_labels, token_labels
+from app.views.model_grid import display_maps
 from app.views.style import DIVERGING, SEQUENTIAL, finish
 
-METRICS = {"kl": "KL(a ‖ b)", "js": "Jensen–Shannon", "mass_lost": "attention mass lost"}
+METRICS = {"moved": "attention moved", "kl": "KL(a ‖ b)", "js": "Jensen–Shannon", "mass_lost": "attention mass lost"}
+
+
+DRAW_SIDE = 384  # three maps side by side: at most 384² cells each (float32: ~2.4 MB of JSON in all)
 
 
 def side_by_side(a, b, layer: int, head: int) -> go.Figure:
-    """a's map, b's map and b − a for one head."""
-    pa, pb = layer_maps(a, layer)[head], layer_maps(b, layer)[head]
-    labels = token_labels(a.tokens) if a.dense else None
+    """a's map, b's map and b − a for one head (tiles of several tokens for long inputs, as in the head view)."""
+    (ma, spans), (mb, _) = display_maps(a, layer, DRAW_SIDE), display_maps(b, layer, DRAW_SIDE)
+    pa, pb = ma[head], mb[head]
+    labels = token_labels(a.tokens) if spans is None else span_labels(a.tokens, spans)
     fig = make_subplots(rows=1, cols=3, subplot_titles=(a.variant, b.variant, "difference (b − a)"),
                         horizontal_spacing=0.06)
     top = max(float(pa.max()), float(pb.max()), 1e-12)
@@ -49,6 +53,14 @@ def per_head(cmp, which: str = "kl", *, a_name: str = "a", b_name: str = "b") ->
                   height=max(300, 80 + 24 * z.shape[0]))
 
 
+def output_names(top: list[dict]) -> list[str]:
+    """Bar labels of the top outputs: the decoded token or class in quotes (spaces visible), else the id."""
+    names = [f"“{t['label']}”".replace("\n", "\\n") if t["label"] is not None else f"#{t['id']}" for t in top]
+    if len(set(names)) < len(names):  # two ids that read the same: tell them apart
+        names = [f"{n} #{t['id']}" for n, t in zip(names, top)]
+    return names
+
+
 def output_figure(output: dict, a_name: str, b_name: str) -> go.Figure:
     """Top entries of both output distributions, or the hidden-state cosine."""
     if output["kind"] == "hidden":
@@ -57,7 +69,7 @@ def output_figure(output: dict, a_name: str, b_name: str) -> go.Figure:
         return finish(fig, f"output hidden states: {a_name} vs {b_name}", height=320)
     fig = make_subplots(rows=1, cols=2, subplot_titles=(a_name, b_name))
     for col, top in enumerate((output["top_a"], output["top_b"]), start=1):
-        names = [t["label"] if t["label"] is not None else str(t["id"]) for t in top]
+        names = output_names(top)
         fig.add_trace(go.Bar(x=[t["p"] for t in top][::-1], y=names[::-1], orientation="h", showlegend=False,
                              marker_color="#1f77b4" if col == 1 else "#ff7f0e"), row=1, col=col)
     head = f"output: KL {output['kl']:.4f} · top-1 agreement {output['top1_agreement']:.0%}"

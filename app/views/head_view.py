@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from app.views.model_grid import layer_maps
+from app.views.model_grid import display_maps
 from app.views.style import SEQUENTIAL, finish, title
 
 
@@ -19,20 +19,59 @@ def token_labels(tokens: list[str], limit: int = 14) -> list[str]:
 
 
 def head_heatmap(trace, layer: int, head: int) -> go.Figure:
-    """Rows are queries, columns keys; colour is the attention probability."""
+    """Rows are queries, columns keys; colour is the attention probability.
+
+    Up to DRAW_MAX tokens every cell is one query × key, labelled with its tokens. Longer inputs draw
+    tiles (the trace's pooled map, or a dense map block-averaged): each cell is the mean probability of
+    its queries × keys, the axes read token positions and the hover names each tile's tokens and text."""
     _check(trace, layer, head)
-    maps = layer_maps(trace, layer)[head]
-    labels = token_labels(trace.tokens) if trace.dense else None
-    fig = go.Figure(go.Heatmap(
-        z=maps, x=labels, y=labels, colorscale=SEQUENTIAL, zmin=0,
-        colorbar=dict(title="p", thickness=12),
-        hovertemplate="query %{y}<br>key %{x}<br>p = %{z:.4f}<extra></extra>",
-    ))
-    n = maps.shape[-1]
-    fig.update_yaxes(autorange="reversed", title="query", automargin=True, tickfont=dict(size=_tick(n)))
-    fig.update_xaxes(title="key", automargin=True, tickangle=-60, tickfont=dict(size=_tick(n)), side="bottom")
+    maps, spans = display_maps(trace, layer)
+    z = maps[head]
+    n = z.shape[-1]
     side = int(np.clip(200 + 16 * n, 420, 900))
-    return finish(fig, title(trace, f"layer {layer} · head {head}"), width=side + 120, height=side)
+    if spans is None:
+        labels = token_labels(trace.tokens)
+        fig = go.Figure(go.Heatmap(
+            z=z, x=labels, y=labels, colorscale=SEQUENTIAL, zmin=0, colorbar=dict(title="p", thickness=12),
+            hovertemplate="query %{y}<br>key %{x}<br>p = %{z:.4f}<extra></extra>",
+        ))
+        fig.update_yaxes(autorange="reversed", title="query", tickfont=dict(size=_tick(n)))
+        fig.update_xaxes(title="key", tickangle=-60, tickfont=dict(size=_tick(n)), side="bottom")
+        return finish(fig, title(trace, f"layer {layer} · head {head}"), width=side + 120, height=side)
+    labels = span_labels(trace.tokens, spans)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=labels, y=labels, colorscale=SEQUENTIAL, zmin=0, colorbar=dict(title="mean p", thickness=12),
+        hovertemplate="queries %{y}<br>keys %{x}<br>mean p = %{z:.3g}<extra></extra>",
+    ))
+    every = range(0, n, max(1, n // 8))  # about 8 ticks, each at a tile's first token position
+    for axis, name in ((fig.update_yaxes, "query position"), (fig.update_xaxes, "key position")):
+        axis(title=name, tickmode="array", tickvals=[labels[i] for i in every],
+             ticktext=[str(spans[i][0]) for i in every])
+    fig.update_yaxes(autorange="reversed")
+    per = trace.n / n
+    return finish(fig, title(trace, f"layer {layer} · head {head} · {n}² tiles of ~{per:.3g} tokens"),
+                  width=side + 120, height=side)
+
+
+def span_labels(tokens: list[str], spans: list[tuple[int, int]], limit: int = 24) -> list[str]:
+    """'120–123 ‹the cat sat›' per tile: its token positions (inclusive) and the start of its text."""
+    out = []
+    for a, b in spans:
+        text = "".join(tokens[a:b]).replace("\n", " ").strip()
+        text = text if len(text) <= limit else text[: limit - 1] + "…"
+        out.append(f"{a}–{b - 1} ‹{text}›" if b - a > 1 else f"{a} ‹{text}›")
+    return out
+
+
+def region(spans: list[tuple[int, int]] | None, n: int, lo: float, hi: float) -> tuple[int, int]:
+    """Token range [start, end) of the cells an axis range [lo, hi] shows (cell c is centred on c)."""
+    lo, hi = sorted((lo, hi))
+    cells = len(spans) if spans is not None else n
+    first = int(np.clip(np.ceil(lo - 0.5), 0, cells - 1))
+    last = int(np.clip(np.floor(hi + 0.5), first, cells - 1))
+    if spans is None:
+        return first, last + 1
+    return spans[first][0], spans[last][1]
 
 
 def _tick(n: int) -> int:
@@ -69,6 +108,9 @@ def token_lines(trace, layer: int, heads: list[int], *, focus: int | None = None
     for head in heads:
         p = probs[head]
         colour = HEAD_COLOURS[head % len(HEAD_COLOURS)]
+        # the colour key: one legend entry per head, whichever opacity levels it has lines in
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=colour, width=3),
+                                 name=f"head {head}", legendgroup=f"h{head}"))
         rows = [focus] if focus is not None else range(n)
         for lvl in range(levels):  # one trace per opacity level: plotly has one opacity per trace
             lo, hi = edges[lvl], edges[lvl + 1]
@@ -80,7 +122,7 @@ def token_lines(trace, layer: int, heads: list[int], *, focus: int | None = None
             if xs:
                 fig.add_trace(go.Scatter(
                     x=xs, y=ys, mode="lines", line=dict(color=colour, width=2), hoverinfo="skip",
-                    opacity=float(min(1.0, 0.15 + hi)), showlegend=lvl == levels - 1, name=f"head {head}",
+                    opacity=float(min(1.0, 0.15 + hi)), showlegend=False, name=f"head {head}",
                     legendgroup=f"h{head}",
                 ))
     labels = [t.replace("\n", "\\n") for t in trace.tokens]
@@ -92,6 +134,7 @@ def token_lines(trace, layer: int, heads: list[int], *, focus: int | None = None
         ))
     fig.update_yaxes(autorange="reversed", visible=False)
     fig.update_xaxes(visible=False, range=[-0.9, 1.9])
+    fig.update_layout(showlegend=True, legend=dict(title="colour", orientation="h", x=0, y=0, yanchor="top"))
     what = f"query {focus} ({labels[focus]})" if focus is not None else "every query"
     return finish(fig, title(trace, f"layer {layer} · heads {', '.join(map(str, heads))} · {what}"),
                   width=560, height=max(360, 70 + 18 * n))
@@ -99,13 +142,14 @@ def token_lines(trace, layer: int, heads: list[int], *, focus: int | None = None
 
 def tile_heatmap(trace, layer: int, head: int, rows: tuple[int, int], cols: tuple[int, int],
                  probs: np.ndarray) -> go.Figure:
-    """An exact tile of a long trace, labelled with its tokens."""
-    ylab = token_labels(trace.tokens)[rows[0]:rows[1]]
-    xlab = token_labels(trace.tokens)[cols[0]:cols[1]]
-    fig = go.Figure(go.Heatmap(z=probs, x=xlab, y=ylab, colorscale=SEQUENTIAL, zmin=0,
+    """An exact tile of a long trace, labelled with its tokens; the colour scale runs from 0 to the tile's max."""
+    labels = token_labels(trace.tokens)
+    ylab, xlab = labels[rows[0]:rows[1]], labels[cols[0]:cols[1]]
+    fig = go.Figure(go.Heatmap(z=np.asarray(probs, dtype=np.float32), x=xlab, y=ylab, colorscale=SEQUENTIAL, zmin=0,
                                colorbar=dict(title="p", thickness=12),
                                hovertemplate="query %{y}<br>key %{x}<br>p = %{z:.5f}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed", title="query", tickfont=dict(size=8))
-    fig.update_xaxes(title="key", tickangle=-60, tickfont=dict(size=8))
+    size = 11 if max(len(xlab), len(ylab)) <= 64 else 9
+    fig.update_yaxes(autorange="reversed", title="query", tickfont=dict(size=size))
+    fig.update_xaxes(title="key", tickangle=-60, tickfont=dict(size=size))
     where = f"queries {rows[0]}–{rows[1] - 1} × keys {cols[0]}–{cols[1] - 1}"
     return finish(fig, title(trace, f"layer {layer} · head {head} · exact tile {where}"), width=760, height=700)

@@ -1,12 +1,12 @@
 """Image view (ViT): a query's attention over the patch grid, overlaid on the pixels the model saw.
 
 The query is the CLS token or one patch. Its attention row over the patch tokens is reshaped
-to the grid, upsampled to the image size nearest-neighbour (each patch one flat block) and
-drawn as a semi-transparent heatmap over `trace.image`: per head as small multiples plus
-the head mean, or the head mean alone. The rollout map (analysis.rollout) is drawn the same
-way. A chosen query patch is outlined. Colour is the raw probability (not renormalised over
-the patches): what the query puts on special tokens (CLS itself, registers) is named in
-each panel's title.
+to the grid and drawn, one cell per patch (over that patch's pixels), as a heatmap over
+`trace.image` (opaque by default, so its colours are the colour bar's), next to the image
+alone: per head as small multiples plus the head mean, or the mean alone.
+The rollout map (analysis.rollout) is drawn the same way. A chosen query patch is outlined.
+Colour is the raw probability (not renormalised over the patches): what the query puts on
+special tokens (CLS itself, registers) is named in each panel's title.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 from analysis.rollout import RESIDUAL, grid_rollout, patch_tokens, to_grid
 from app.views.style import SEQUENTIAL, finish, title
 
-OPACITY = 0.6
+OPACITY = 1.0  # the overlay's colours are the colour bar's; lower it to see the pixels through them
 Query = int | tuple[int, int] | str  # "cls", a (row, col) patch, or a token index
 
 
@@ -67,14 +67,9 @@ def special_mass(trace, layer: int, query: Query = "cls") -> np.ndarray:
     return trace.attention(layer)[:, query_token(trace, query)][:, special].sum(axis=-1)
 
 
-def upsample(grid_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(..., rows, cols) → (..., H, W) nearest-neighbour: pixel (y, x) takes patch (y·rows // H, x·cols // W)."""
-    grid_map = np.asarray(grid_map)
-    rows, cols = grid_map.shape[-2:]
-    h, w = size
-    ri = (np.arange(h) * rows) // h
-    ci = (np.arange(w) * cols) // w
-    return grid_map[..., ri[:, None], ci[None, :]]
+def patch_edges(size: int, cells: int) -> np.ndarray:
+    """Pixel edges (cells + 1) of the patches along one axis: pixel i belongs to patch ⌊i·cells/size⌋."""
+    return -(-np.arange(cells + 1) * size // cells) - 0.5
 
 
 def patch_box(trace, patch: tuple[int, int]) -> dict:
@@ -82,10 +77,8 @@ def patch_box(trace, patch: tuple[int, int]) -> dict:
     rows, cols = trace.grid
     h, w = _image(trace).shape[:2]
     r, c = patch
-    # the pixels nearest-neighbour upsampling gives to this patch
-    ys = np.flatnonzero((np.arange(h) * rows) // h == r)
-    xs = np.flatnonzero((np.arange(w) * cols) // w == c)
-    return dict(x0=xs[0] - 0.5, x1=xs[-1] + 0.5, y0=ys[0] - 0.5, y1=ys[-1] + 0.5)
+    ys, xs = patch_edges(h, rows), patch_edges(w, cols)
+    return dict(x0=float(xs[c]), x1=float(xs[c + 1]), y0=float(ys[r]), y1=float(ys[r + 1]))
 
 
 def cell_at(trace, x: float, y: float) -> tuple[int, int]:
@@ -100,30 +93,32 @@ def cell_at(trace, x: float, y: float) -> tuple[int, int]:
 def overlay_figure(trace, maps: np.ndarray, names: list[str], heading: str, *, query: Query | None = None,
                    opacity: float = OPACITY, cols: int = 6, shared_scale: bool = True,
                    colorbar_title: str = "p") -> go.Figure:
-    """Small multiples: each (rows, cols) map upsampled and laid over the image; the query patch outlined.
+    """Small multiples: the image alone, then each (rows, cols) map laid over it, one cell per patch (over that
+    patch's pixels, so the figure does not grow with the image); the query patch outlined.
 
-    Each panel is a go.Image of trace.image plus a go.Heatmap (H×W, the image size) at `opacity`;
-    customdata of the heatmap is (row, col) of each pixel's patch, for clicks.
+    At opacity 1 (the default) every colour is exactly the colour bar's; below 1 the pixels show through and
+    mix with it. customdata is each cell's (row, col), for clicks.
     """
     image = _image(trace)
     h, w = image.shape[:2]
-    maps = np.asarray(maps, dtype=np.float64).reshape(-1, *trace.grid)
-    n = len(maps)
+    rows, grid_cols = trace.grid
+    maps = np.asarray(maps, dtype=np.float32).reshape(-1, rows, grid_cols)
+    n = len(maps) + 1  # the image alone comes first
     ncols = -(-n // -(-n // cols))  # rows of (almost) equal length: 5 panels in one row, 13 as 5 + 5 + 3
     nrows = -(-n // ncols)
-    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=names, horizontal_spacing=0.02,
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=["the image", *names], horizontal_spacing=0.02,
                         vertical_spacing=0.08 if nrows > 1 else 0.0)
     zmax = float(maps.max()) if shared_scale else None
-    rr, cc = np.meshgrid((np.arange(h) * trace.grid[0]) // h, (np.arange(w) * trace.grid[1]) // w, indexing="ij")
-    where = np.stack([rr, cc], axis=-1)
+    where = np.stack(np.meshgrid(np.arange(rows), np.arange(grid_cols), indexing="ij"), axis=-1).astype(np.int16)
     patch = query_patch(trace, query) if query is not None else None
+    fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=1, col=1)
     for i, grid_map in enumerate(maps):
-        r, c = divmod(i, ncols)
+        r, c = divmod(i + 1, ncols)
         r, c = r + 1, c + 1
         fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=r, col=c)
         fig.add_trace(go.Heatmap(
-            z=upsample(grid_map, (h, w)), customdata=where, colorscale=SEQUENTIAL, opacity=opacity,
-            zmin=0, zmax=zmax if shared_scale else float(grid_map.max()) or 1.0,
+            z=grid_map, x=patch_edges(w, grid_cols), y=patch_edges(h, rows), customdata=where, colorscale=SEQUENTIAL,
+            opacity=opacity, zmin=0, zmax=zmax if shared_scale else float(grid_map.max()) or 1.0,
             showscale=(i == 0) if shared_scale else False, name=names[i],
             colorbar=dict(title=colorbar_title, thickness=12),
             hovertemplate="patch (%{customdata[0]}, %{customdata[1]})<br>%{z:.4f}<extra>" + names[i] + "</extra>",
@@ -136,6 +131,7 @@ def overlay_figure(trace, maps: np.ndarray, names: list[str], heading: str, *, q
     for i in range(n):  # every panel keeps the image's aspect ratio
         r, c = divmod(i, ncols)
         fig.update_yaxes(scaleanchor=f"x{i + 1 if i else ''}", row=r + 1, col=c + 1)
+    fig.update_annotations(font_size=11)  # panel titles: six to a row still fit a half-page column
     panel = 260 if ncols > 1 else 520
     return finish(fig, heading, width=min(1200, 60 + ncols * panel), height=110 + nrows * (panel + 30))
 

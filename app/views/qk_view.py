@@ -24,14 +24,34 @@ LABELS = {"role": "query / key", "position": "position", "token_kind": "token ki
 GL_ABOVE = 4000  # 2D scatters with more points draw with WebGL
 
 
+# Hover context by number of points, so that a figure stays well under 5 MB of JSON at any size:
+# the whole context up to 4000 points, 20 characters either side up to 12 000, none above.
+CONTEXT_WIDTH = ((4000, None), (12000, 20))
+
+
 def hover_texts(emb) -> list[str]:
     """Per point: role, token, position, input, norm, and the token in its context (bold)."""
+    width = next((w for most, w in CONTEXT_WIDTH if len(emb) <= most), 0)
     out = []
     for i in range(len(emb)):
-        ctx = html.escape(emb.context[i]).replace("«", "<b>").replace("»", "</b>")
-        out.append(f"<b>{emb.role[i]}</b> {html.escape(repr(emb.token[i]))} · {emb.token_kind[i]}<br>"
-                   f"position {emb.position[i]} · input {emb.input[i]} · norm {emb.norm[i]:.2f}<br>{ctx}")
+        text = (f"<b>{emb.role[i]}</b> {html.escape(repr(emb.token[i]), quote=False)} · {emb.token_kind[i]}<br>"
+                f"position {emb.position[i]} · input {emb.input[i]} · norm {emb.norm[i]:.2f}")
+        if width != 0:
+            ctx = html.escape(_around(emb.context[i], width), quote=False)
+            text += "<br>" + ctx.replace("«", "<b>").replace("»", "</b>")
+        out.append(text)
     return out
+
+
+def _around(context: str, width: int | None) -> str:
+    """The context cut to `width` characters either side of the marked «token» (all of it for None)."""
+    start, end = context.find("«"), context.find("»")
+    if width is None or start < 0 or end < 0:
+        return context
+    left, right = context[:start], context[end + 1:]
+    left = left if len(left) <= width else "…" + left[-width:]
+    right = right if len(right) <= width else right[:width] + "…"
+    return f"{left}{context[start:end + 1]}{right}"
 
 
 def heading(emb) -> str:
@@ -67,21 +87,22 @@ def scatter(emb, colour: str = "role", *, selected: int | None = None, marker_si
 
 
 def _points(emb, idx, text, symbols, size, marker, name) -> go.BaseTraceType:
-    marker = dict(marker, size=size, symbol=symbols[idx])
+    shapes = symbols[idx]
+    marker = dict(marker, size=size, symbol=shapes[0] if len(set(shapes)) == 1 else shapes)  # one role: one symbol
     if "color" in marker and not isinstance(marker["color"], str):
         marker["color"] = marker["color"][idx]
     common = dict(mode="markers", name=name, marker=marker, customdata=idx, text=text[idx],
                   hovertemplate="%{text}<extra></extra>")
-    c = emb.coords[idx]
+    c = emb.coords[idx].astype(np.float32)
     if emb.dims == 3:
         return go.Scatter3d(x=c[:, 0], y=c[:, 1], z=c[:, 2], **common)
     cls = go.Scattergl if len(emb) > GL_ABOVE else go.Scatter
     return cls(x=c[:, 0], y=c[:, 1], **common)
 
 
-def point_at(fig_point: dict) -> int | None:
+def point_at(fig_point: dict | None) -> int | None:
     """Embedding index of a clicked point of `scatter`, None for anything else."""
-    data = fig_point.get("customdata")
+    data = (fig_point or {}).get("customdata")
     if isinstance(data, list | tuple):
         data = data[0] if data else None
     return int(data) if isinstance(data, int | float) else None

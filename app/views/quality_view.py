@@ -42,7 +42,8 @@ def curve_groups(rows: list[dict]) -> dict[str, list[dict]]:
 
 def tradeoff_figure(rows: list[dict], *, y: str = "value", x: str = "sparsity", log_y: bool | None = None,
                     heading: str | None = None) -> go.Figure:
-    """Metric (`value`, or any numeric column) against sparsity, one line per variant family;
+    """Metric (`value`, or any numeric column) against the fraction of scores kept (`sparsity` in the rows),
+    one line per variant family;
     `full` as a dashed horizontal reference."""
     metric = rows[0]["metric"] if rows else None
     y_name = metric if y == "value" else y
@@ -69,7 +70,8 @@ def tradeoff_figure(rows: list[dict], *, y: str = "value", x: str = "sparsity", 
     fig.update_yaxes(title=LABELS.get(y_name, y_name), type="log" if log_y else None)
     model = rows[0]["model"] if rows else ""
     fig.update_layout(legend=dict(title="variant"))
-    return finish(fig, heading or f"{model} · {LABELS.get(y_name, y_name)} against sparsity", width=760, height=480)
+    return finish(fig, heading or f"{model} · {LABELS.get(y_name, y_name)} against the fraction of scores kept",
+                  width=760, height=480)
 
 
 def head_heatmap(values: np.ndarray, *, what: str, heading: str, colorscale: str = SEQUENTIAL,
@@ -83,7 +85,7 @@ def head_heatmap(values: np.ndarray, *, what: str, heading: str, colorscale: str
         hovertemplate="layer %{y} · head %{x}<br>" + what + " = %{z:.4g}<extra></extra>",
     ))
     fig.update_yaxes(autorange="reversed", title="layer")
-    fig.update_xaxes(title="head", side="top")
+    fig.update_xaxes(title="head")  # at the bottom: on top its title would collide with the figure's
     return finish(fig, heading, width=max(420, 160 + 48 * H), height=max(320, 110 + 22 * L))
 
 

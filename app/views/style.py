@@ -12,6 +12,7 @@ FONT = dict(family="Helvetica, Arial, sans-serif", size=14)
 TITLE_SIZE = 16
 MIN_TITLE_SIZE = 12
 DEFAULT_WIDTH = 700  # what plotly (and the static export) draws when a figure sets no width
+TITLE_FIT = 460  # titles fit this width: the app stretches figures to their column, half of a 1400-px window
 CHAR_EM = 0.56  # mean advance of a Helvetica character, in em: enough to tell whether a title fits
 SEP = " · "
 
@@ -44,7 +45,7 @@ def fit_title(heading: str, width: int | None) -> tuple[str, int, int]:
 
     A break never falls between 'layer N' and 'head M', so the title keeps saying 'layer N · head M'.
     """
-    avail = (width or DEFAULT_WIDTH) - 40
+    avail = min(width or DEFAULT_WIDTH, TITLE_FIT) - 40
     size = TITLE_SIZE
     while size > MIN_TITLE_SIZE and _text_px(heading, size) > avail:
         size -= 1

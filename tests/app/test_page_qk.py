@@ -92,3 +92,23 @@ def test_page_digits_vit(digits_vit):
     at = page("digits-vit", qk_layer=2, qk_method="umap")
     ok(at)
     assert len(at.get("plotly_chart")) == 3
+
+
+def test_a_scatter_of_16k_points_stays_small():
+    """Issue 14 item 15: 8192 tokens make 16 384 points; the hover gives up its context, not the figure its size."""
+    import plotly.io as pio
+
+    rng = np.random.default_rng(0)
+    n = 8192
+    words = [f" word{i}" for i in range(n)]
+    context = qe.contexts(words[:40]) * (n // 40) + qe.contexts(words[:n % 40])  # contexts() is O(n²): reuse 40
+    qks = qe.QKSet(
+        model_id="fake", kind="causal", layer=0, q=rng.normal(size=(2, n, 16)), k=rng.normal(size=(2, n, 16)),
+        tokens=words, token_kind=["word"] * n, context=context,
+        input_index=np.zeros(n, dtype=int), position=np.arange(n), offsets=np.array([0, n]), probs=[None],
+        inputs=[], names=["x"], inputs_hash="big")
+    emb = qe.embed(qks, 0, "pca", 2)
+    fig = qk_view.scatter(emb, "role", selected=3)
+    assert len(pio.to_json(fig, validate=False)) < 3_000_000
+    assert sum(len(t.x) for t in fig.data if t.name != "selected") == 2 * n
+    assert "position 5 · input 0" in qk_view.hover_texts(emb)[5]

@@ -55,7 +55,7 @@ def test_image_view_digits_vit(digits_vit):
     assert sum(t["type"] == "heatmap" for t in attn["data"]) == 1
     rect = attn["layout"]["shapes"][0]  # patch (1, 4) of the 8×8 grid on the 32×32 digit
     assert (rect["x0"], rect["y0"]) == (15.5, 3.5)
-    assert "residual 0" in roll["layout"]["annotations"][0]["text"]
+    assert "residual 0" in roll["layout"]["annotations"][1]["text"]  # after "the image"
     assert at.get("download_button")
 
 

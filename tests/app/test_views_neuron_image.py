@@ -138,14 +138,11 @@ def test_neuron_softmax_matches_tiny_models(family, tokenizer):
 
 
 # -- image view, hand-built traces -------------------------------------------------------------------------
-def test_upsample_is_nearest_neighbour():
-    grid = np.arange(6.0).reshape(2, 3)
-    up = iv.upsample(grid, (10, 15))
-    assert up.shape == (10, 15)
-    assert (up[:5, :5] == 0).all() and (up[5:, 10:] == 5).all() and (up[4, 5:10] == 1).all()
-    odd = iv.upsample(grid, (7, 8))  # sizes the grid does not divide
-    assert odd.shape == (7, 8) and set(np.unique(odd)) == set(range(6))
-    assert iv.upsample(np.stack([grid, -grid]), (4, 6)).shape == (2, 4, 6)
+def test_patch_edges_follow_the_nearest_neighbour_rule():
+    assert iv.patch_edges(10, 2).tolist() == [-0.5, 4.5, 9.5]
+    edges = iv.patch_edges(7, 3)  # sizes the grid does not divide: pixel i is in patch ⌊i·3/7⌋
+    for i in range(7):
+        assert edges[(i * 3) // 7] < i < edges[(i * 3) // 7 + 1]
 
 
 def test_attention_overlay_shapes_values_and_marker():
@@ -155,32 +152,33 @@ def test_attention_overlay_shapes_values_and_marker():
     fig = iv.attention_overlay(tr, 1, (1, 2))
     images = [t for t in fig.data if t.type == "image"]
     maps = [t for t in fig.data if t.type == "heatmap"]
-    assert len(images) == len(maps) == tr.n_heads + 1  # each head and the mean
+    assert len(maps) == tr.n_heads + 1 and len(images) == len(maps) + 1  # the image alone, each head, the mean
     for img, m in zip(images, maps):
         assert np.asarray(img.z).shape == tr.image.shape
-        assert np.asarray(m.z).shape == tr.image.shape[:2]
-        assert 0 < m.opacity < 1
-    np.testing.assert_allclose(maps[0].z, iv.upsample(grid[0], (10, 15)))
-    np.testing.assert_allclose(maps[-1].z, iv.upsample(grid.mean(0), (10, 15)))
+        assert np.asarray(m.z).shape == (2, 3)  # one cell per patch, laid over its pixels
+        assert list(m.x) == [-0.5, 4.5, 9.5, 14.5] and list(m.y) == [-0.5, 4.5, 9.5]
+        assert m.opacity == 1  # by default the colours are exactly the colour bar's
+    assert iv.attention_overlay(tr, 1, (1, 2), opacity=0.4).data[2].opacity == 0.4
+    np.testing.assert_allclose(maps[0].z, grid[0], rtol=1e-6)
+    np.testing.assert_allclose(maps[-1].z, grid.mean(0), rtol=1e-6)
     rects = [s for s in fig.layout.shapes if s.type == "rect"]
     assert len(rects) == tr.n_heads + 1
     r = rects[0]  # patch (1, 2) of a 2×3 grid on a 10×15 image: rows 5..9, columns 10..14
     assert (r.x0, r.x1, r.y0, r.y1) == (9.5, 14.5, 4.5, 9.5)
     assert iv.cell_at(tr, 12, 7) == (1, 2) and iv.cell_at(tr, 0, 0) == (0, 0)
-    assert tuple(maps[0].customdata[7][12]) == (1, 2)  # a click on the pixel gives its patch
+    assert tuple(maps[0].customdata[1][2]) == (1, 2)  # a click on a cell gives its patch
     assert iv.special_mass(tr, 1, (1, 2))[0] == pytest.approx(tr.attention(1)[0, 6, 0])
 
 
 def test_cls_query_mean_only_and_rollout():
     tr = vit_trace(grid=(3, 2), image_hw=(7, 8))
     fig = iv.attention_overlay(tr, 0, "cls", per_head=False)
-    assert [t.type for t in fig.data] == ["image", "heatmap"]
+    assert [t.type for t in fig.data] == ["image", "image", "heatmap"]
     assert not fig.layout.shapes  # CLS has no patch to outline
-    np.testing.assert_allclose(fig.data[1].z, iv.upsample(tr.attention(0)[:, 0, 1:].mean(0).reshape(3, 2), (7, 8)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(fig.data[2].z, tr.attention(0)[:, 0, 1:].mean(0).reshape(3, 2), rtol=1e-6)
     assert iv.query_token(tr, "cls") == 0 and iv.query_token(tr, (2, 1)) == 6 and iv.query_patch(tr, 3) == (1, 0)
     roll = iv.rollout_overlay(tr, (0, 1), residual=0.3)
-    np.testing.assert_allclose(roll.data[1].z, iv.upsample(grid_rollout(tr, 2, residual=0.3), (7, 8)))
+    np.testing.assert_allclose(roll.data[2].z, grid_rollout(tr, 2, residual=0.3), rtol=1e-6)
     assert len(roll.layout.shapes) == 1
     with pytest.raises(ValueError, match="outside"):
         iv.query_token(tr, (3, 0))
@@ -197,9 +195,9 @@ def test_image_view_tiny_vit():
     h, w = tr.image.shape[:2]
     fig = iv.attention_overlay(tr, 1, (3, 0))
     maps = [t for t in fig.data if t.type == "heatmap"]
-    assert len(maps) == tr.n_heads + 1 and all(np.asarray(m.z).shape == (h, w) for m in maps)
+    assert len(maps) == tr.n_heads + 1 and all(np.asarray(m.z).shape == (4, 4) for m in maps)
     r = fig.layout.shapes[0]
     assert (r.x0, r.x1) == (-0.5, w / 4 - 0.5) and (r.y0, r.y1) == (3 * h / 4 - 0.5, h - 0.5)
     roll = iv.rollout_overlay(tr)
-    assert np.asarray(roll.data[1].z).shape == (h, w)
+    assert np.asarray(roll.data[2].z).shape == (4, 4) and roll.data[2].x[-1] == w - 0.5
     assert grid_rollout(tr).sum() < 1  # part of the CLS row stays on CLS itself

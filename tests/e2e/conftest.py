@@ -53,7 +53,11 @@ def server(artifacts):
         pytest.fail(f"the server did not come up; see {ARTIFACTS / 'server.log'}")
     yield url
     proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:  # a forward pass still running in a script thread
+        proc.kill()
+        proc.wait(timeout=20)
     log.close()
 
 

@@ -1,79 +1,96 @@
-"""End to end: the real server (started as `make run` starts it) in Debian's Chromium."""
+"""End to end: the real server (started as `make run` starts it) in Debian's Chromium, at the README's width.
+
+Every page shows a figure on arrival, with each preset and no click; no title is cut off. A second test makes
+the README's screenshots (test-artifacts/readme/, copied to docs/screenshots/): the same pages, set up to show
+something worth a picture.
+"""
 
 from __future__ import annotations
 
 import pytest
+from ui import (
+    TIMEOUT,
+    assert_clean,
+    clipped_titles,
+    full_screenshot,
+    new_page,
+    open_page,
+    overlapping_labels,
+    pick,
+    pick_model,
+    start,
+    wait_idle,
+    wait_plots,
+    widget_input,
+)
 
 pytestmark = pytest.mark.e2e
 
-
-def wait_for_plots(page, at_least: int, timeout: int = 180_000) -> None:
-    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {at_least}", timeout=timeout)
-    page.wait_for_function("!document.querySelector('[data-testid=\"stSpinner\"]')", timeout=timeout)
-
-
-def open_page(page, title: str) -> None:
-    page.get_by_role("link", name=title).first.click()
-    page.wait_for_function(
-        f"[...document.querySelectorAll('h2')].some(h => h.innerText.includes('{title}'))", timeout=120_000
-    )
+TEXT_PAGES = ["Model view", "Head view", "Neuron view", "Mask lab", "Compare", "Head metrics", "Query–key explorer",
+              "Quality lens"]
+PRESETS = {"minilm (bidirectional)": TEXT_PAGES, "smollm2-135m (causal)": TEXT_PAGES,
+           "digits-vit (vit)": TEXT_PAGES[:3] + ["Image view"] + TEXT_PAGES[3:]}
 
 
-def assert_clean(page) -> None:
-    assert page.locator("[data-testid='stException']").count() == 0
-    assert page.locator("[data-testid='stAlertContentError']").count() == 0
+def slug(title: str) -> str:
+    return title.lower().replace(" ", "_").replace("–", "_")
 
 
-def test_model_view_then_head_view_then_compare(server, browser, artifacts):
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
-    page.goto(server)
-    wait_for_plots(page, 2)
-    assert "minilm" in page.content()
-    assert page.locator(".js-plotly-plot .heatmaplayer").count() >= 1
-    assert_clean(page)
-    page.screenshot(path=str(artifacts / "model_view.png"), full_page=True)
-
-    open_page(page, "Head view")
-    wait_for_plots(page, 2)
-    assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 1  # the token lines
-    assert_clean(page)
-    page.screenshot(path=str(artifacts / "head_view.png"), full_page=True)
-
-    open_page(page, "Compare")
-    wait_for_plots(page, 3)
-    page.wait_for_function("document.body.innerText.includes('KL of the output') || "
-                           "document.body.innerText.includes('Mean cosine')", timeout=60_000)
-    assert_clean(page)
-    page.screenshot(path=str(artifacts / "compare.png"), full_page=True)
-    page.close()
-
-
-PAGES = ["Model view", "Head view", "Neuron view", "Mask lab", "Compare", "Head metrics", "Query–key explorer",
-         "Quality lens"]
-
-
-def pick_model(page, label: str) -> None:
-    page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").first.click()
-    page.get_by_role("option", name=label).click()
-
-
-def test_every_page_renders_and_is_screenshotted(server, browser, artifacts):
-    """A screenshot of each page (the README shows them); no page shows an exception."""
-    page = browser.new_page(viewport={"width": 1500, "height": 1500})
-    page.goto(server)
-    wait_for_plots(page, 2)
-    for title in PAGES:
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_page_shows_a_figure_on_arrival(server, browser, artifacts, preset):
+    page = new_page(browser)
+    start(page, server)
+    if not preset.startswith("minilm"):  # minilm is the default model
+        pick_model(page, preset)
+    model = preset.split()[0]
+    for title in PRESETS[preset]:
         open_page(page, title)
-        page.wait_for_timeout(500)
-        if title != "Quality lens":  # the sweep runs on request only
-            wait_for_plots(page, 1)
-        page.wait_for_function("!document.querySelector('[data-testid=\"stProgress\"]')", timeout=180_000)
-        assert page.locator("[data-testid='stException']").count() == 0, title
-        name = title.lower().replace(" ", "_").replace("–", "_")
-        page.screenshot(path=str(artifacts / f"page_{name}.png"), full_page=True)
-    pick_model(page, "digits-vit (vit)")
-    open_page(page, "Image view")
-    wait_for_plots(page, 1)
-    assert_clean(page)
-    page.screenshot(path=str(artifacts / "page_image_view.png"), full_page=True)
-    page.close()
+        wait_plots(page, 1)
+        assert_clean(page, f"{model}: {title}")
+        assert not clipped_titles(page), f"{model}: {title}: {clipped_titles(page)}"
+        assert not overlapping_labels(page), f"{model}: {title}: {overlapping_labels(page)}"
+        full_screenshot(page, artifacts / f"arrival_{model}_{slug(title)}.png")
+    page.context.close()
+
+
+# README picture → (preset, sidebar variant and parameters, what to do on the page)
+README = {
+    "Model view": ("smollm2-135m (causal)", None, None),
+    "Head view": ("minilm (bidirectional)", None, None),
+    "Neuron view": ("minilm (bidirectional)", None, None),
+    "Image view": ("digits-vit (vit)", None, None),
+    "Mask lab": ("digits-vit (vit)", ("window_2d", {"M": "2"}), None),
+    "Compare": ("smollm2-135m (causal)", None, "compare"),
+    "Head metrics": ("smollm2-135m (causal)", None, None),
+    "Query–key explorer": ("minilm (bidirectional)", None, None),
+    "Quality lens": ("smollm2-135m (causal)", None, None),
+}
+
+
+def test_readme_screenshots(server, browser, artifacts):
+    out = artifacts / "readme"
+    out.mkdir(exist_ok=True)
+    page = new_page(browser)
+    start(page, server)
+    current = "minilm (bidirectional)"
+    for title, (preset, variant, action) in README.items():
+        if preset != current:
+            pick_model(page, preset)
+            current = preset
+        name, params = variant or ("full", {})
+        pick(page, "Variant", name)
+        for param, value in params.items():
+            box = widget_input(page, f"variant_{name}_{param}")
+            box.fill(value)
+            box.press("Enter")
+            wait_idle(page)
+        open_page(page, title)
+        if action == "compare":
+            page.get_by_role("button", name="Compare", exact=True).click()
+            page.locator(".st-key-cmp_output .js-plotly-plot").wait_for(timeout=TIMEOUT)
+        wait_plots(page, 1)
+        assert_clean(page, title)
+        assert not clipped_titles(page), f"{title}: {clipped_titles(page)}"
+        assert not overlapping_labels(page), f"{title}: {overlapping_labels(page)}"
+        full_screenshot(page, out / f"page_{slug(title)}.png")
+    page.context.close()
