@@ -162,6 +162,7 @@ def cmd_variants(args) -> int:
 
 
 def cmd_trace(args) -> int:
+    from app.cli_progress import Bar
     from models.tracer import trace
 
     cli_args.output(args.out, args.force)
@@ -176,6 +177,7 @@ def cmd_trace(args) -> int:
         heads=cli_args.indices("--heads", args.heads),
         dense_limit=args.dense_limit,
         max_tokens=args.max_tokens,
+        progress=Bar("trace", "layers"),
         **inputs,
     )
     out = tr.save(args.out, force=args.force)
@@ -254,6 +256,8 @@ BENCHES = {
     "export": ("bench.bench_export", []),  # every view in every format
     "triton": ("bench.bench_triton", []),  # GPU kernels vs SDPA flash and FlexAttention
     "memory": ("bench.bench_memory", []),  # peak RSS of traces against the memory guard's estimate
+    "payload": ("bench.bench_payload", []),  # bytes each view sends to the browser at N = 128, 1024, 8192
+    "firstplot": ("bench.bench_first_plot", []),  # server start to the first plot in Chromium
 }
 
 

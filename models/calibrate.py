@@ -60,15 +60,19 @@ class _StatsRecorder:
 
 
 def calibrate(lm: LoadedModel, variant: Variant, enc: Encoded) -> dict[int, dict[str, torch.Tensor]]:
+    # A model the caller holds (the Python API) may be trained between calls, and a freed object's id
+    # reused by another model: its calibration is never cached.
+    cached = lm.source != "object"
     key = (lm.model_id, id(lm.module), variant.spec(), _digest(enc))
     with _LOCK:
-        if key in _CACHE:
+        if cached and key in _CACHE:
             return _CACHE[key]
     rec = _StatsRecorder(variant)
     with plan(CallPlan(variant=FULL, ctx=enc.ctx, recorder=rec)):
         lm.forward(enc)
-    with _LOCK:
-        _CACHE[key] = rec.stats
+    if cached:
+        with _LOCK:
+            _CACHE[key] = rec.stats
     return rec.stats
 
 

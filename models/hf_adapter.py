@@ -36,19 +36,30 @@ def kind_of(config, model=None) -> str:
     if config.model_type in VISION_TYPES or (hasattr(config, "patch_size") and hasattr(config, "image_size")):
         return "vit"
     archs = list(config.architectures or []) + ([type(model).__name__] if model is not None else [])
-    if getattr(config, "is_decoder", False) or any(
+    if getattr(config, "is_decoder", False) or _decoder_only(config.model_type) or any(
         a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs
     ):
         return "causal"
     return "bidirectional"
 
 
+def _decoder_only(model_type: str) -> bool:
+    """A family transformers has only causal language models of: its base model (LlamaModel, BloomModel,
+    built without `architectures`) is causal too. BERT-likes have both heads; their `is_decoder` decides."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 def model_class(config, kind: str):
     import transformers as tf
 
     archs = config.architectures or []
-    if kind == "causal":
-        return tf.AutoModelForCausalLM
+    if kind == "causal" and (not archs or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)):
+        return tf.AutoModelForCausalLM  # a folder saved from a base decoder (LlamaModel) loads as one: AutoModel
     if kind == "vit":
         return tf.AutoModelForImageClassification if any("ForImageClassification" in a for a in archs) else tf.AutoModel
     if any(a.endswith("ForMaskedLM") for a in archs):
@@ -101,9 +112,10 @@ def wrap(model, model_id: str, source: str, *, tokenizer=None, image_processor=N
     labels = None
     if kind == "vit" and getattr(config, "id2label", None) and hasattr(model, "classifier"):
         labels = [config.id2label[i] for i in range(len(config.id2label))]
-    output_kind = {"causal": "logits", "vit": "class_scores" if labels else "hidden"}.get(kind)
-    if output_kind is None:
-        output_kind = "logits" if hasattr(model, "cls") or "MaskedLM" in type(model).__name__ else "hidden"
+    output_kind = {"vit": "class_scores" if labels else "hidden"}.get(kind)
+    if output_kind is None:  # a language model with its head gives logits; a base model (LlamaModel, BertModel) states
+        head = model.get_output_embeddings() is not None or hasattr(model, "cls") or "MaskedLM" in type(model).__name__
+        output_kind = "logits" if head else "hidden"
     return LoadedModel(
         model_id=model_id,
         source=source,
@@ -199,7 +211,7 @@ class HFAdapter:
         )
 
     def forward(self, lm: LoadedModel, enc: Encoded) -> torch.Tensor:
-        if lm.kind == "causal":  # only the last position: full logits at 8k tokens would be 1.6 GB
+        if lm.kind == "causal" and lm.output_kind == "logits":  # the last position: 8k tokens' logits are 1.6 GB
             return lm.module(**enc.inputs, logits_to_keep=1).logits[0].float()
         out = lm.module(**enc.inputs)
         if lm.kind == "vit":

@@ -256,6 +256,7 @@ def _load_transformers(ref: str, model_id: str, source: str, opts: LoadOptions, 
     trust_remote_code = opts.trust_remote_code
     with _failing_as(lambda exc: _config_problem(model_id, source, exc)):
         config = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    hf_adapter.check_config(config)  # a refused family is told before its weights load
     kind = hf_adapter.kind_of(config)
     say(f"loading weights of {model_id}")
     with _failing_as(lambda exc: _weights_problem(model_id, exc)):

@@ -66,6 +66,27 @@ def test_trace_of_a_held_transformers_model_equals_eager_and_leaves_it_as_it_was
     assert all(torch.equal(a, b) for a, b in zip(again.attentions, ref.attentions))
 
 
+@pytest.mark.parametrize("cls,config,kw", [
+    ("LlamaModel", "LlamaConfig", dict(num_key_value_heads=2)),  # a base decoder: no LM head, no `architectures`
+    ("BloomModel", "BloomConfig", dict(n_layer=2, n_head=4)),  # its attention module carries no is_causal flag
+])
+def test_a_base_decoder_without_its_head_is_traced_causal_as_eager_runs_it(tokenizer, cls, config, kw):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = getattr(tf, config)(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=64, attn_implementation="eager", **kw)
+    model = getattr(tf, cls)(cfg).eval()
+    ids = tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ref = model(ids, output_attentions=True)
+    tr = attnscope.trace(model, tokenizer=tokenizer, text=TEXT)
+    for layer, probs in enumerate(ref.attentions):
+        np.testing.assert_allclose(tr.attention(layer), probs[0].numpy(), atol=1e-5, rtol=0)
+    assert np.triu(tr.attention(0)[0], 1).max() == 0.0
+    assert tr.kind == "causal" and tr.output_kind == "hidden"  # variants see a causal context; states, not logits
+
+
 def test_train_mode_sdpa_and_dtype_are_restored_even_after_an_error(tokenizer):
     model = _llama("sdpa", train=True).to(torch.float64)
     ids = tokenizer(TEXT, return_tensors="pt")["input_ids"]

@@ -94,15 +94,19 @@ def shown_keys(row: NeuronRow, max_keys: int | None = MAX_KEYS) -> np.ndarray:
     return np.sort(top)
 
 
-def check_text(row: NeuronRow, variant: str = "full") -> str:
-    """One line on whether the recomputed softmax matches the recorded probabilities."""
+def check_text(row: NeuronRow, variant: str = "full", native: str | None = None) -> str:
+    """One line on whether the recomputed softmax matches the recorded probabilities; `native` is the layer's
+    own pattern (models.pattern), which a plain softmax of q·k leaves out (a window, a soft cap, ALiBi, sinks)."""
     what = "softmax(q·k·scale" + (", causal)" if row.causal else ")")
     d = row.max_diff
     if d is None:
         return f"{what} recomputed; the trace kept no dense probabilities to compare with"
     if d <= ATOL:
         return f"{what} matches the recorded probabilities (max |Δ| = {d:.1e})"
-    return f"{what} differs from the recorded probabilities (max |Δ| = {d:.2g}): the variant {variant} changes them"
+    own = native if native and native != "global" else None
+    why = f"the model's own attention here ({own})" + ("" if variant == "full" else f" and the variant {variant}") \
+        if own else f"the variant {variant}"
+    return f"{what} differs from the recorded probabilities (max |Δ| = {d:.2g}): {why} changes them"
 
 
 def neuron_figure(trace, layer: int, head: int, query: int, *, max_keys: int | None = MAX_KEYS,
@@ -174,7 +178,8 @@ def neuron_figure(trace, layer: int, head: int, query: int, *, max_keys: int | N
     n_shown = len(keys)
     keys_note = f"{n_shown} keys" if n_shown == trace.n else f"top {n_shown} of {trace.n} keys"
     heading = title(trace, f"layer {layer} · head {head} · query {labels[query]} · {keys_note}")
-    fig.add_annotation(text=check_text(row, trace.variant), xref="paper", yref="paper", x=0, y=1.0,
+    native = trace.native[layer] if trace.native else None
+    fig.add_annotation(text=check_text(row, trace.variant, native), xref="paper", yref="paper", x=0, y=1.0,
                        yanchor="bottom", yshift=26, showarrow=False, font=dict(size=11, color="#555"),
                        xanchor="left")
     fig = finish(fig, heading, height=height, width=1200)

@@ -33,9 +33,11 @@ def test_models_json(capsys):
 
 @pytest.mark.slow
 def test_trace_smollm(tmp_path, capsys, smollm):
-    code, out, _ = run(capsys, "trace", "--model", "smollm2-135m", "--text", "Attention is all you need.",
-                       "--out", str(tmp_path / "d"))
+    code, out, err = run(capsys, "trace", "--model", "smollm2-135m", "--text", "Attention is all you need.",
+                         "--out", str(tmp_path / "d"))
     assert code == 0, out
+    bar = [ln for ln in err.splitlines() if "layers ·" in ln]  # the progress bar on stderr, a line per tenth
+    assert bar[0].startswith("attnscope: trace 3/30 layers") and bar[-1].startswith("attnscope: trace 30/30 layers")
     man = json.loads((tmp_path / "d" / "manifest.json").read_text())
     with np.load(tmp_path / "d" / "trace.npz") as z:
         probs = z["L0_probs"]

@@ -13,7 +13,7 @@ CATALOGUE = [  # shared/VARIANTS.md, in its order
     "full", "sliding_window", "strided", "fixed", "dilated_window", "window_2d", "neighborhood_2d", "star",
     "topk", "top_theta", "routing_2d", "block_topk", "entmax", "dam", "decay_1d", "manhattan_decay",
     "polyline_path", "gaussian_2d", "relaxed", "head_ablation", "linear_efficient", "focused_linear", "agent",
-    "linformer", "kv_pool_2d", "delta_correction",
+    "linformer", "kv_pool_2d", "delta_correction", "prefix_lm", "document", "alibi", "softcap",
 ]
 
 

@@ -105,7 +105,10 @@ def test_neuron_flags_a_variant_and_keeps_top_keys():
     tr.variant = "masked"
     row = nv.neuron_row(tr, 0, 1, 9)
     assert not row.matches() and row.max_diff > 1e-3
-    assert "differs" in nv.check_text(row, tr.variant)
+    assert nv.check_text(row, tr.variant).endswith("the variant masked changes them")
+    # under `full`, a difference comes from the model's own attention (a window, soft cap, ALiBi), said so
+    assert nv.check_text(row, "full", "sliding window 3").endswith(
+        "the model's own attention here (sliding window 3) changes them")
     keys = nv.shown_keys(row, max_keys=5)
     assert len(keys) == 5 and 9 in keys and (np.diff(keys) > 0).all()
     fig = nv.neuron_figure(tr, 0, 1, 9, max_keys=5)

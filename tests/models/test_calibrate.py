@@ -31,6 +31,19 @@ def test_top_theta_calibrates_once_and_prunes(llama, monkeypatch):
     np.testing.assert_allclose(a.attention(1).sum(-1), 1, atol=1e-5)
 
 
+def test_a_model_the_caller_holds_is_calibrated_afresh_each_call(tokenizer, monkeypatch):
+    """It may be trained between calls (and a freed model's id reused), so its thresholds are never cached."""
+    import attnscope
+
+    runs = []
+    real = calib_mod._StatsRecorder.__init__
+    monkeypatch.setattr(calib_mod._StatsRecorder, "__init__", lambda self, v: (runs.append(v), real(self, v))[1])
+    model = tiny_text_model("llama-gqa")
+    for _ in range(2):
+        attnscope.trace(model, tokenizer=tokenizer, text=TEXT, variant="top_theta:k=3")
+    assert len(runs) == 2
+
+
 def test_dam_refuses_an_input_longer_than_its_calibration(llama):
     short = {"text": "a short calibration"}
     with pytest.raises(VariantError, match="dam"):

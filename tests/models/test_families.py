@@ -111,6 +111,17 @@ def test_refused_family_on_the_command_line(tmp_path, capsys, tokenizer):
     assert not (tmp_path / "t").exists()
 
 
+def test_a_family_refused_by_its_config_is_refused_before_its_weights_load(tmp_path):
+    from models.registry import load
+
+    folder = tmp_path / "t5"
+    _tiny("T5Model", "T5Config", d_model=16, d_ff=16, num_layers=1, num_heads=2).save_pretrained(folder)
+    said = []
+    with pytest.raises(ModelError, match="encoder–decoder"):
+        load(str(folder), progress=said.append)
+    assert said and not any("weights" in m for m in said), said
+
+
 TEXT_BASE = dict(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
 
 
