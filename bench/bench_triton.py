@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return compile_report(args.form)
     if args.smoke:
         bench = Bench(128, 16, device="cpu", batch=1, heads=2)
-        print(json.dumps({"bench": "triton_smoke", "sections": {name: getattr(bench, name)() for name in SECTIONS}}))
+        print(json.dumps({"bench": "triton_smoke", "sections": {name: [getattr(bench, name)()] for name in SECTIONS}}))
         return 0
 
     if not torch.cuda.is_available():
@@ -71,26 +71,27 @@ def main(argv: list[str] | None = None) -> int:
     report = {"bench": "triton_gpu", "device": card, "card": card_slug(card), "torch": torch.__version__,
               "triton": triton.__version__, "python": platform.python_version(), "dtype": "bfloat16",
               "sizes": list(sizes), "head_dims": list(dims), "quick": args.quick, "sections": {s: [] for s in SECTIONS}}
-    for n in sizes:
-        for d in dims:
-            if args.budget is not None and time.perf_counter() - t0 > args.budget:
-                report["stopped"] = f"budget of {args.budget:g} s reached before N={n}, head dim {d}"
-                break
-            bench = Bench(n, d, flex=not args.no_flex)
-            for name in SECTIONS:
-                report["sections"][name].append(getattr(bench, name)())
-            del bench
-            torch.cuda.empty_cache()
-        else:
-            continue
-        break
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"gpu_{report['card']}_triton.json").write_text(text + "\n")
+    shapes = [(n, d) for n in sizes for d in dims]
+    for n, d in shapes:
+        if args.budget is not None and time.perf_counter() - t0 > args.budget:
+            report["stopped"] = f"budget of {args.budget:g} s reached before N={n}, head dim {d}"
+            break
+        bench = Bench(n, d, flex=not args.no_flex)
+        for name in SECTIONS:
+            report["sections"][name].append(getattr(bench, name)())
+        del bench
+        torch.cuda.empty_cache()
+        report["seconds"] = round(time.perf_counter() - t0, 1)
+        _write(report, args.out)  # after every shape: a run stopped at its time limit keeps what it measured
+    print(json.dumps(report, indent=1))
+    _write(report, args.out)
     return 0
+
+
+def _write(report: dict, out: Path | None) -> None:
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"gpu_{report['card']}_triton.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
 SECTIONS = ("dense", "sliding_window", "block_sparse", "window_2d", "score_mod", "maps")

@@ -93,7 +93,8 @@ def test_selfcheck_refuses_a_kernel_that_raises():
     ("full", True, {}, "triton"),  # no measurement: the fallback
 ])
 def test_table_sends_a_family_to_its_measured_path(monkeypatch, spec, causal, table, path):
-    monkeypatch.setattr(gpu_table, "_cards", lambda: {"cpu": {"families": {f: {"backend": b} for f, b in table.items()}}})
+    families = {f: {"backend": b} for f, b in table.items()}
+    monkeypatch.setattr(gpu_table, "_cards", lambda: {"cpu": {"families": families}})
     monkeypatch.setattr(selfcheck, "verified", lambda *a: True)
     tri = counting(monkeypatch, attention_fwd, "triton_attention")
     flx = counting(monkeypatch, kflex, "flex_attention")
