@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install chromium run test lint bench clean
+.PHONY: install chromium run test lint bench gpu-check clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: install
 
 bench: install
 	$(VENV)/bin/attnscope bench
+
+# On a GPU machine (no venv needed there): gpu tests, Triton benchmark, 32k trace; `--dry` without CUDA.
+gpu-check:
+	bash bench/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
