@@ -174,8 +174,10 @@ def test_edited_manifest_is_refused(tmp_path, text_trace, edit, needle):
 
 
 @pytest.mark.parametrize("edit,needle", [
-    (lambda m: m.update(n_layers=5), r"no attention map \(probs or pooled\) for layers \[2, 3, 4\]"),
-    (lambda m: m.update(n_layers=1), "is for layer 1; the manifest says 1 layers"),
+    (lambda m: m.update(n_layers=5, native=["global"] * 5),
+     r"no attention map \(probs or pooled\) for layers \[2, 3, 4\]"),
+    (lambda m: m.update(n_layers=1, native=["global"]), "is for layer 1; the manifest says 1 layers"),
+    (lambda m: m.update(n_layers=5), r"native must have one entry per layer \(5\)"),
     (lambda m: m.update(n_heads=1), "expected"),
     (lambda m: m.update(tokens=m["tokens"][:-1]), "one entry per token"),
     (lambda m: m.update(tokens=None), "'tokens' is not"),
