@@ -21,6 +21,7 @@ from ui import (
     titles,
     wait_idle,
     wait_plots,
+    wait_title,
     widget_input,
 )
 
@@ -42,8 +43,7 @@ def test_clicking_a_thumbnail_picks_its_head(server, browser):
     page.mouse.click(*point_px(page, "grid", x, y))
     wait_value(page, "model_layer", "1")
     wait_value(page, "model_head", "4")
-    wait_idle(page)
-    assert any(t.endswith("layer 1 · head 4") for t in titles(page)), titles(page)
+    wait_title(page, "layer 1 · head 4")
     assert_clean(page, "model view")
 
 

@@ -34,6 +34,12 @@ def wait_idle(page, timeout: int = TIMEOUT) -> None:
     page.wait_for_function(IDLE_JS, timeout=timeout)
 
 
+def wait_title(page, ending: str, timeout: int = TIMEOUT) -> None:
+    """A figure whose title ends with `ending` is drawn (a rerun may start well after the click on a busy machine)."""
+    page.wait_for_function(f"() => ({TITLES_JS})().some(t => t.endsWith({ending!r}))", timeout=timeout)
+    wait_idle(page, timeout)
+
+
 def wait_plots(page, at_least: int = 1, timeout: int = TIMEOUT) -> None:
     page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {at_least}", timeout=timeout)
     wait_idle(page, timeout)
