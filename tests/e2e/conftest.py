@@ -71,3 +71,13 @@ def browser():
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture(autouse=True)
+def _sessions_end_with_their_test(request):
+    """Each test's pages are closed when it ends, so their Streamlit sessions (and any trace a test left
+    running) stop instead of competing with the next test for the two cores."""
+    yield
+    if "browser" in request.fixturenames:
+        for context in request.getfixturevalue("browser").contexts:
+            context.close()
