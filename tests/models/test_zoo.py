@@ -8,11 +8,8 @@ probabilities are zero — on inputs longer than every window, chunk and local s
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pytest
-from native_reference import attend_with_reference
 from tiny import TEXT, sample_image
 from zoo import ZOO, stock, wrap
 
@@ -34,15 +31,10 @@ def wordpiece():
 
 @pytest.fixture
 def engine(monkeypatch):
-    """Until kernels.dispatch.attend takes `native`, calls that carry one go to a float64 brute-force definition.
-
-    Returns the set of native modifiers the model's calls carried (softcap, key_bias, pair_bias, sink_logits)."""
-    from kernels import dispatch
+    """The set of native modifiers the model's attention calls carried (softcap, key_bias, pair_bias, sink_logits)."""
     from models import inject
 
     attend = inject.attend
-    if "native" not in inspect.signature(dispatch.attend).parameters:
-        attend = attend_with_reference(dispatch.attend)
     seen = set()
 
     def spy(*args, native=None, **kw):
@@ -76,8 +68,7 @@ def test_family_matches_stock(entry, wordpiece, engine):
             mass = 1 - probs.sum(-1)
             np.testing.assert_allclose(mass, 1 - ref.sum(-1), atol=PROB_ATOL)
             assert mass.min() > 1e-3
-            if tr.has(layer, "learned_sink"):  # recorded by the engine once it honours `native`
-                np.testing.assert_allclose(tr.stat(layer, "learned_sink"), mass, atol=PROB_ATOL)
+            np.testing.assert_allclose(tr.stat(layer, "learned_sink"), mass, atol=PROB_ATOL)  # the recorded statistic
 
 
 def check_pattern(lm, layer: int, phrase: str, probs: np.ndarray) -> None:
