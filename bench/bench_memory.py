@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "bench": "memory", "machine": platform.machine(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "note": "peak RSS growth of trace + save over the RSS after loading the model; shared machine",
+        "note": "peak RSS growth of trace + save over the RSS after loading the model",
         "ratio_range": [min(ratios), max(ratios)] if ratios else None,
         "results": rows,
     }

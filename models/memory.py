@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 GB = 1024**3
 F32 = 4
-CHUNK = 256  # query rows the reference path holds at once
 POOLED = 256  # side of the pooled maps kept above the dense limit (models.recorder.POOLED)
 ROW_ARRAYS = 5  # (H, N) arrays per layer: the LSE and the four row statistics
 
@@ -152,6 +151,8 @@ def kept_parts(d: Dims, n: int, *, dense: bool, qk: bool, layers: int | None = N
 
 def forward_estimate(lm, n: int) -> Estimate:
     """The working set of one forward pass at n tokens: the model's activations and one layer's attention."""
+    from kernels.reference import CHUNK  # query rows an attention call holds at once (torch is loaded by now)
+
     d = dims(lm)
     attention = (ATTN_CHUNK_TEMPS * d.n_heads * min(CHUNK, n) * n + QKV_TEMPS * d.n_heads * n * d.head_dim) * F32
     model = n * (HIDDEN_TEMPS * d.hidden + MLP_TEMPS * d.intermediate) * F32
