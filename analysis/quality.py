@@ -512,7 +512,7 @@ def sweep_bytes(lm: LoadedModel, batches: list[Batch], points: list[_Point], *, 
     """What a sweep holds at its peak besides the loaded model, in bytes (float32): one forward pass
     (activations and the attention path's chunk buffers), the outputs of every point, the LM head's
     chunk of log-probabilities, the reference's sampled attention rows, and a dam calibration."""
-    from models.memory import CHUNK
+    from kernels.reference import CHUNK
 
     config = getattr(lm.module, "config", None)
     hidden = getattr(config, "hidden_size", 1024)
