@@ -87,8 +87,10 @@ def test_failed_install_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("target,then", [("test", "pytest"), ("run", "attnscope app")])
 def test_make_targets_install_chromium_first(target, then, tmp_path):
-    proc = subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    # under `make test` itself (CI) the inner make would print "make[1]: Entering directory" first
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     first = next(i for i, line in enumerate(lines) if line.strip() == "sh .ci/chromium")
