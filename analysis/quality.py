@@ -443,12 +443,13 @@ class _Point:
 
 def sweep(lm: LoadedModel, specs: list[str] | str, *, batches: list[Batch] | None = None,
           limit: int | None = None, max_tokens: int | None = None, kl_rows: int = KL_ROWS,
-          layers: list[int] | None = None, attention: bool = True, progress=None) -> SweepResult:
+          layers: list[int] | None = None, attention: bool = True, progress=None, step=None) -> SweepResult:
     """Run `full` and every variant point (grid specs expanded) on the same inputs; see the module doc.
 
     batches: the inputs (default: `default_batches`); `layers` limits where variants apply.
     attention=False skips the attention statistics (sparsity, KL: None), the full runs then use
-    the fast SDPA path: for quick output-only sweeps."""
+    the fast SDPA path: for quick output-only sweeps. progress(message) says what runs next;
+    step(done, total) counts the forward passes (the reference and every other point, per input)."""
     say = progress or (lambda _m: None)
     labels = expand_specs(specs)
     if not labels:
@@ -470,12 +471,22 @@ def sweep(lm: LoadedModel, specs: list[str] | str, *, batches: list[Batch] | Non
         if getattr(pt.variant, "needs_calibration", False):
             pt.calibration = calibrate(lm, pt.variant, default_calibration(lm))
     where = frozenset(layers) if layers is not None else None
+    runs = len(batches) * (1 + sum(not (pt.variant.is_full and where is None) for pt in points))
+    done = 0
+
+    def ran() -> None:
+        nonlocal done
+        done += 1
+        if step is not None:
+            step(done, runs)
+
     for i, batch in enumerate(batches):
         say(f"input {i + 1}/{len(batches)}: full attention")
         rows = sample_rows(batch.enc.ctx.n, kl_rows)
         ref_stats = AttnStats(rows) if attention else None
         with plan(CallPlan(FULL, batch.enc.ctx, recorder=ref_stats)):
             ref = model_output(lm, batch)
+        ran()
         outs = []
         for pt in points:
             if pt.variant.is_full and where is None:  # the reference run itself: nothing to run again
@@ -489,6 +500,7 @@ def sweep(lm: LoadedModel, specs: list[str] | str, *, batches: list[Batch] | Non
             stats = AttnStats(rows, ref_stats, sparse_probs=pt.variant.row_probs is not None) if attention else None
             with plan(CallPlan(pt.variant, ctx, recorder=stats, layers=where)):
                 outs.append(model_output(lm, batch))
+            ran()
             if stats is not None:
                 pt.absorb(stats, lm.n_layers, lm.n_heads)
             pt.seconds += time.perf_counter() - t0

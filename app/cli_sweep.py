@@ -83,6 +83,7 @@ def _batches(lm, args):
 
 def cmd_sweep(args) -> int:
     from analysis.quality import expand_specs, sweep
+    from app.cli_progress import Bar
 
     cli_args.budget()
     cli_args.positive("--limit", args.limit)
@@ -93,7 +94,8 @@ def cmd_sweep(args) -> int:
         cli_args.variant(spec, args.model)
     lm = _load(args)
     result = sweep(lm, args.variants, batches=_batches(lm, args), kl_rows=args.kl_rows,
-                   layers=_layers(args.layers, lm.n_layers), attention=not args.no_attention, progress=_say)
+                   layers=_layers(args.layers, lm.n_layers), attention=not args.no_attention, progress=_say,
+                   step=Bar("sweep", "forward passes"))
     table = result.table(per_head=args.per_head)
     if args.json:
         print(json.dumps(table, indent=1))

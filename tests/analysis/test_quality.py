@@ -329,6 +329,8 @@ def test_sweep_command_json(llama_folder, tmp_path, capsys):
     assert [r["variant"] for r in rows] == ["full", "sliding_window:w=2,sinks=0", "sliding_window:w=4,sinks=0"]
     assert rows[0]["metric"] == "perplexity" and rows[0]["sparsity"] == 1.0
     assert np.array(rows[1]["kl_heads"]).shape == (2, 4)
+    bar = [ln for ln in err.splitlines() if "forward passes ·" in ln]  # full, then the two windows
+    assert bar and bar[-1].startswith("attnscope: sweep 3/3 forward passes")
 
 
 def test_sweep_command_table(llama_folder, capsys):
