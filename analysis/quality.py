@@ -515,7 +515,6 @@ def sweep(lm: LoadedModel, specs: list[str] | str, *, batches: list[Batch] | Non
 # memory
 # ---------------------------------------------------------------------------------------------
 
-ENGINE_BUFFERS = 6  # (B, H, chunk, N) float32 tensors the attention path holds at once (scores, probs, ...)
 MIN_KL_ROWS = 16
 
 
@@ -524,16 +523,15 @@ def sweep_bytes(lm: LoadedModel, batches: list[Batch], points: list[_Point], *, 
     """What a sweep holds at its peak besides the loaded model, in bytes (float32): one forward pass
     (activations and the attention path's chunk buffers), the outputs of every point, the LM head's
     chunk of log-probabilities, the reference's sampled attention rows, and a dam calibration."""
-    from kernels.reference import CHUNK
+    from models.memory import dims, forward_estimate
 
     config = getattr(lm.module, "config", None)
-    hidden = getattr(config, "hidden_size", 1024)
     vocab = getattr(config, "vocab_size", 0) if task_metric(lm) in ("perplexity", "masked_accuracy") else 0
     L, H = lm.n_layers, lm.n_heads
     n = max(b.enc.ctx.n for b in batches)
     batch = max(_batch_size(b) for b in batches)
-    forward = batch * (16 * n * hidden + ENGINE_BUFFERS * H * min(CHUNK, n) * n) * 4
-    outputs = (len(points) + 1) * batch * n * max(hidden, 1) * 4
+    forward = batch * forward_estimate(lm, n).total  # the trace's own estimate of one forward pass
+    outputs = (len(points) + 1) * batch * n * dims(lm).hidden * 4
     head = 5 * VOCAB_CHUNK * vocab * 4
     rows = min(kl_rows, n)
     sampled = L * H * batch * rows * n * 4 * (0.5 if lm.kind == "causal" else 1.0) if attention else 0
