@@ -103,9 +103,9 @@ def check_text(row: NeuronRow, variant: str = "full", native: str | None = None)
         return f"{what} recomputed; the trace kept no dense probabilities to compare with"
     if d <= ATOL:
         return f"{what} matches the recorded probabilities (max |Δ| = {d:.1e})"
-    own = native if native and native != "global" else None
-    why = f"the model's own attention here ({own})" + ("" if variant == "full" else f" and the variant {variant}") \
-        if own else f"the variant {variant}"
+    why = f"the variant {variant}"
+    if native and native != "global":
+        why = f"the model's own attention here ({native})" + ("" if variant == "full" else f" and {why}")
     return f"{what} differs from the recorded probabilities (max |Δ| = {d:.2g}): {why} changes them"
 
 
