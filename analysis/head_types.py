@@ -31,7 +31,7 @@ from kernels.maps import token_distance
 from models.calibrate import default_calibration
 from models.inject import FULL, CallPlan, plan
 from models.loaded import Encoded, InputError, LoadedModel
-from models.memory import release_freed_memory, reserve, trace_estimate
+from models.memory import reserve, trace_estimate
 from models.recorder import Recorder
 from models.trace import array_key
 from models.tracer import encode
@@ -150,7 +150,7 @@ def encode_ids(lm: LoadedModel, ids: list[int], n_special_prefix: int) -> Encode
 
 def attention_probs(lm: LoadedModel, enc: Encoded) -> list[np.ndarray]:
     """Full attention probabilities (H, N, N) of every layer for one encoded input."""
-    rec = Recorder(dense_limit=max(enc.ctx.n, 1), on_layer=lambda _: release_freed_memory())
+    rec = Recorder(dense_limit=max(enc.ctx.n, 1))
     with plan(CallPlan(FULL, enc.ctx, recorder=rec)):
         lm.forward(enc)
     return [rec.arrays[array_key(layer, "probs")] for layer in range(lm.n_layers)]

@@ -119,12 +119,9 @@ def collect(lm, inputs: Sequence, layer: int, *, names: Sequence[str] | None = N
 
 
 def _collect(lm, inputs: Sequence, encoded: list, layer: int, names: list[str], say: Progress) -> QKSet:
-    from models.memory import release_freed_memory
-
     qs, ks, probs, tokens, kinds, context, which, pos = [], [], [], [], [], [], [], []
     for i, enc in enumerate(encoded):
         arrays = record_layer(lm, enc, layer)
-        release_freed_memory()
         qs.append(arrays[array_key(layer, "q")])
         ks.append(arrays[array_key(layer, "k")])
         probs.append(arrays.get(array_key(layer, "probs")))

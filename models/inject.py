@@ -20,6 +20,7 @@ from kernels.native import PLAIN, NativeAttention
 from kernels.variants import Variant, parse_variant
 from kernels.variants.subset import restrict_heads
 from models.loaded import ModelError
+from models.memory import release_freed_memory
 
 IMPL = "attnscope"
 
@@ -183,6 +184,9 @@ def run_attention(module, query, key, value, model_mask, scale: float, native: N
     )
     if rec is not None:
         rec.record(layer, res, query, key, scale)
+        # a recorded pass frees large working tensors between the arrays it keeps: give them back to the
+        # system after each layer, so the peak follows what the request holds (models.memory)
+        release_freed_memory()
     return res.out.to(query.dtype), res.probs
 
 

@@ -12,7 +12,7 @@ from models.calibrate import calibrate, default_calibration
 from models.inject import CallPlan, plan
 from models.inputs import check_text
 from models.loaded import InputError, LoadedModel
-from models.memory import GB, budget_bytes, release_freed_memory, reserve, trace_estimate
+from models.memory import GB, budget_bytes, reserve, trace_estimate
 from models.recorder import DENSE_LIMIT, Recorder
 from models.trace import Trace
 
@@ -69,12 +69,8 @@ def trace(
         calib = default_calibration(lm) if calibration is None else encode(lm, **calibration)
         ctx = replace(ctx, calibration=calibrate(lm, v, calib))
 
-    def on_layer(done: int) -> None:
-        release_freed_memory()  # so the peak follows what the trace holds (models.memory)
-        if progress is not None:
-            progress(done, lm.n_layers)
-
-    rec = Recorder(dense_limit=dense_limit, keep_qk=qk, on_layer=on_layer)
+    rec = Recorder(dense_limit=dense_limit, keep_qk=qk,
+                   on_layer=None if progress is None else lambda done: progress(done, lm.n_layers))
     p = CallPlan(
         variant=v,
         ctx=ctx,
