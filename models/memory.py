@@ -188,7 +188,7 @@ _libc = None
 
 
 def release_freed_memory() -> None:
-    """Give the memory freed inside glibc's heap back to the system (malloc_trim), as the tracer does after
+    """Give the memory freed inside glibc's heap back to the system (malloc_trim), as models.inject does after
     each recorded layer.
 
     A traced forward pass frees large working tensors between the arrays it keeps; glibc keeps such holes
